@@ -1,0 +1,272 @@
+"""The method contract: what every MTL method is, declares and returns.
+
+A method is a pure object. It receives the per-task losses (and, if it declares
+``requires_grads``, the T×P matrix of per-task gradients of the *transformed* losses, or
+only their T×T Gramian) and returns an :class:`Aggregation`: the update direction for the
+shared parameters and the effective task weights. It never calls ``backward``, never
+touches ``.grad`` and never sees the model; :func:`methods.backward` does all of that.
+
+Capabilities are class attributes, read and validated before training starts:
+
+``requires_grads``      needs per-task gradients of the shared parameters (or of the representation)
+``supports_rep_grads``  valid when given gradients w.r.t. the shared representation instead
+``gramian_only``        weights depend on the gradients only through K = G Gᵀ (exact under
+                        distributed rep-level training, O(T²) communication)
+``stateful``            keeps state across steps (EMA buffers, Nash weights, FAMO logits, ...)
+``uses_after_step``     wants the same batch's losses again after the optimiser step (FAMO)
+``requires_model``      model features the method needs (e.g. ``("task_batchnorm",)`` for CSO)
+``default_head_update`` how task-specific parameters are updated, following the reference code:
+                        ``"own"`` (each head its own unweighted gradient) or ``"weighted"``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+HEAD_UPDATES = ("own", "weighted")
+
+
+@dataclass
+class Aggregation:
+    """What a method returns for one step.
+
+    ``direction``: the update for the shared parameters (flat, length P), or ``None`` for
+    pure loss-weighting methods (the engine then back-propagates ``Σ_t weights_t · L̃_t``).
+    ``weights``: the effective task weights (length T), used for logging and by the
+    ``"weighted"`` head-update rule. ``max_norm``: clip the shared gradient to this norm
+    after writing it (Nash-MTL's reference clipping), ``None`` for no clipping.
+    ``info``: extra scalars for diagnostics (solver iterations, κ, ...).
+    """
+
+    direction: Tensor | None
+    weights: Tensor
+    max_norm: float | None = None
+    info: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """Optional per-step facts a method may use; filled in by the engine/trainer.
+
+    ``param_slices``: for each shared parameter its (name, offset, shape) inside the flat
+    gradient vector. ``model_stats``: model-provided quantities a method declared it needs
+    via ``requires_model`` (e.g. per-task connection strengths for CSO).
+    """
+
+    epoch: int = 0
+    num_epochs: int = 1
+    step: int = 0
+    param_slices: Sequence[tuple[str, int, torch.Size]] = ()
+    model_stats: Mapping[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------
+# Hyperparameter validation helpers: used in each method's ``Config.__post_init__``.
+# ---------------------------------------------------------------------------------------
+
+
+def check_range(
+    name: str,
+    value: float,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> None:
+    """Raise ``ValueError`` naming ``name`` if ``value`` is outside the given interval."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    bad_low = low is not None and (value < low if low_inclusive else value <= low)
+    bad_high = high is not None and (value > high if high_inclusive else value >= high)
+    if bad_low or bad_high:
+        lo = "-inf" if low is None else f"{low}"
+        hi = "inf" if high is None else f"{high}"
+        lb = "[" if low_inclusive and low is not None else "("
+        hb = "]" if high_inclusive and high is not None else ")"
+        raise ValueError(f"{name} must be in {lb}{lo}, {hi}{hb}, got {value!r}")
+
+
+def check_int(name: str, value: int, low: int | None = None, high: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    check_range(name, value, low, high)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise ``ValueError`` listing ``choices`` unless ``value`` is one of them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """For methods without hyperparameters."""
+
+
+# ---------------------------------------------------------------------------------------
+# The base classes.
+# ---------------------------------------------------------------------------------------
+
+
+class Method(nn.Module):
+    """Base of every method. Subclasses set the capability attributes, a ``Config``
+    dataclass (validated in ``__post_init__``) and override :meth:`aggregate`.
+
+    It is an ``nn.Module`` so that learnable parameters (UW, IMTL-L, GradNorm) and tensor
+    state (EMA buffers) travel with ``state_dict``; non-tensor state (step counters, RNG)
+    goes through :meth:`get_extra_state` / :meth:`set_extra_state`.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = NoConfig
+    requires_grads: ClassVar[bool] = False
+    supports_rep_grads: ClassVar[bool] = False
+    gramian_only: ClassVar[bool] = False
+    stateful: ClassVar[bool] = False
+    uses_after_step: ClassVar[bool] = False
+    requires_model: ClassVar[tuple[str, ...]] = ()
+    default_head_update: ClassVar[str] = "own"
+    #: plain-data search space for ``mtlx tune``: {hparam: methods.space.Dimension}
+    search_space: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, num_tasks: int, config: Any = None, seed: int = 0) -> None:
+        super().__init__()
+        check_int("num_tasks", num_tasks, 1)
+        self.num_tasks = num_tasks
+        self.config = config if config is not None else self.Config()
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.step_count = 0
+
+    # -- the operations -------------------------------------------------------------------
+
+    def transform_losses(self, losses: Tensor) -> Tensor:
+        """Loss-level part of the method (identity by default). Must stay differentiable."""
+        return losses
+
+    def needs_grads(self) -> bool:
+        """Whether the next :meth:`aggregate` call needs gradients (Nash-MTL skips steps)."""
+        return self.requires_grads
+
+    def aggregate(
+        self, grads: Tensor | None, losses: Tensor, context: StepContext | None = None
+    ) -> Aggregation:
+        raise NotImplementedError
+
+    def plan_step(self, epoch: int, num_epochs: int) -> str:
+        """``"joint"`` (one engine step on all tasks) or ``"sequential"`` (one optimiser step
+        per task on the same batch: CSO's Phase 1). Drawn with the method's generator."""
+        return "joint"
+
+    def after_step(self, losses: Tensor) -> None:
+        """Called after the optimiser step with the same batch's new losses (if
+        ``uses_after_step``)."""
+
+    def start_epoch(self, epoch: int, num_epochs: int) -> None:
+        """Called by the trainer at the start of each epoch (DWA, GradNorm, CSO use it)."""
+
+    def reset(self) -> None:
+        """Forget all state, as if freshly constructed."""
+        self.generator.manual_seed(self.seed)
+        self.step_count = 0
+
+    # -- state ----------------------------------------------------------------------------
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"step_count": self.step_count, "rng": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step_count"])
+        self.generator.set_state(state["rng"])
+
+    # -- helpers for subclasses -----------------------------------------------------------
+
+    def _check_inputs(self, grads: Tensor | None, losses: Tensor) -> None:
+        T = self.num_tasks
+        if not isinstance(losses, Tensor) or losses.shape != (T,):
+            shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+            raise ValueError(f"{self.name}: losses must be a tensor of shape ({T},), got {shape}")
+        if self.requires_grads and self.needs_grads():
+            if grads is None:
+                raise ValueError(f"{self.name} requires per-task gradients, got grads=None")
+            if grads.dim() != 2 or grads.shape[0] != T:
+                raise ValueError(
+                    f"{self.name}: grads must have shape ({T}, P), got {tuple(grads.shape)}"
+                )
+
+    def extra_repr(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.hparams().items())
+        return f"num_tasks={self.num_tasks}" + (f", {fields}" if fields else "")
+
+    def hparams(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else {}
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class LossWeighting(Method):
+    """A method that only reweights (transformed) losses: ``aggregate(None, losses)``.
+
+    One backward of ``Σ_t w_t L̃_t`` reaches every parameter, so heads are weighted."""
+
+    default_head_update = "weighted"
+
+    def weights(self, losses: Tensor) -> Tensor:
+        """Task weights for this step (detached). Equal weights by default."""
+        return torch.ones_like(losses)
+
+    def aggregate(
+        self, grads: Tensor | None, losses: Tensor, context: StepContext | None = None
+    ) -> Aggregation:
+        self._check_inputs(grads, losses)
+        w = self.weights(losses.detach())
+        self.step_count += 1
+        return Aggregation(direction=None, weights=w.to(losses.dtype))
+
+
+class GramianMethod(Method):
+    """A gradient method whose weights depend on the gradients only through ``K = G Gᵀ``.
+
+    Subclasses implement :meth:`gramian_weights`; the direction is ``Gᵀ w``. This is what
+    lets the engine run them on representation gradients and under torch.distributed by
+    all-reducing the T×T Gramian instead of T×P gradients.
+    """
+
+    requires_grads = True
+    supports_rep_grads = True
+    gramian_only = True
+
+    def gramian_weights(self, gramian: Tensor, losses: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """Return (weights, info) from the T×T Gramian (float64) and the losses."""
+        raise NotImplementedError
+
+    def aggregate(
+        self, grads: Tensor | None, losses: Tensor, context: StepContext | None = None
+    ) -> Aggregation:
+        self._check_inputs(grads, losses)
+        assert grads is not None
+        w, info = self.weights_from_gramian(grads @ grads.T, losses)
+        direction = w.to(grads.dtype) @ grads
+        return Aggregation(direction=direction, weights=w.to(losses.dtype), info=info)
+
+    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> tuple[Tensor, dict]:
+        """Entry point for the engine's Gramian-only paths (rep-level, distributed)."""
+        T = self.num_tasks
+        if gramian.shape != (T, T):
+            raise ValueError(f"{self.name}: gramian must be ({T}, {T}), got {tuple(gramian.shape)}")
+        K = gramian.detach().to(torch.float64)
+        if not torch.isfinite(K).all():
+            raise ValueError(f"{self.name}: non-finite per-task gradients (NaN or inf)")
+        w, info = self.gramian_weights(K, losses.detach().to(torch.float64))
+        self.step_count += 1
+        return w.to(gramian.device), info

@@ -1,0 +1,345 @@
+"""The per-task gradient engine: the one place that calls ``backward`` for a method.
+
+:func:`backward` takes a method, the T per-task losses of the current batch, the shared
+parameters and (optionally) the shared representation, and leaves ``.grad`` set on the
+shared parameters, the task-specific parameters and the method's own parameters. It picks
+the cheapest path the method allows:
+
+``loss``   the method needs no gradients this step: one backward of Σ_t w_t L̃_t.
+``param``  the T×P Jacobian of the shared parameters (T backward passes, or one batched
+           ``is_grads_batched`` pass), handed to ``method.aggregate``.
+``rep``    gradients w.r.t. the shared representation z (T cheap passes through the heads
+           only), weights from their Gramian, then one backward of Σ_t w_t ∇_z L̃_t through
+           the encoder.
+
+Under torch.distributed (one process per worker, equal per-worker batch sizes) every rank
+ends with the gradient of the single-process update on the concatenated batch:
+
+* losses are replaced by the straight-through surrogate L + (mean_ranks(L) − L).detach(),
+  so every loss transform and every loss-dependent weight sees the global loss value while
+  gradients stay local;
+* param-level: the T×(P+H) Jacobian is mean-all-reduced in one flat collective before the
+  method sees it, so stateful methods (EMA buffers, Nash weights) evolve identically on
+  every rank;
+* rep-level: the T×T Gramian of the representation gradients is a sum over samples, so
+  all-reducing it (÷W² for the mean loss) is exact; the parameter gradients of the combined
+  representation gradient are then mean-all-reduced;
+* loss-level: all gradients are mean-all-reduced in one flat collective.
+
+The model must therefore *not* be wrapped in DistributedDataParallel (its all-reduce would
+double-count); the engine does every collective itself.
+
+Task-specific parameters follow an explicit head-update rule: ``"own"`` — each head gets
+the unweighted gradient of its own (transformed) loss, as CAGrad/IMGrad/LibMTL do — or
+``"weighted"`` — the gradient of Σ_t w_t L̃_t, as nash-mtl's Nash-MTL/IMTL-G/MGDA and every
+loss-weighting method do. Each method's ``default_head_update`` follows its reference code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from methods.base import HEAD_UPDATES, Method, StepContext
+
+Level = Literal["auto", "param", "rep"]
+JacobianMode = Literal["auto", "loop", "batched"]
+
+
+@dataclass
+class StepResult:
+    """Diagnostics of one engine step (all detached, on the losses' device)."""
+
+    path: str
+    losses: Tensor
+    weights: Tensor
+    grad_norms: Tensor | None = None
+    cosines: Tensor | None = None
+    info: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------
+
+
+def resolve_level(method: Method, level: Level, has_rep: bool) -> str:
+    """Which gradient level a step uses; ``ValueError`` for impossible combinations."""
+    if level not in ("auto", "param", "rep"):
+        raise ValueError(f"level must be one of ['auto', 'param', 'rep'], got {level!r}")
+    if level == "rep":
+        if not method.requires_grads:
+            raise ValueError(
+                f"{method.name} is a loss-weighting method and takes no gradients; "
+                "use level='param' (or 'auto')"
+            )
+        if not method.supports_rep_grads:
+            raise ValueError(
+                f"{method.name} does not support representation-level gradients; "
+                "use level='param'"
+            )
+        if not has_rep:
+            raise ValueError("level='rep' needs the shared representation: pass rep=...")
+        return "rep"
+    return "param"
+
+
+def validate_head_update(method: Method, head_update: str | None) -> str:
+    rule = method.default_head_update if head_update is None else head_update
+    if rule not in HEAD_UPDATES:
+        raise ValueError(f"head_update must be one of {list(HEAD_UPDATES)}, got {rule!r}")
+    return rule
+
+
+# ---------------------------------------------------------------------------------------
+# distributed helpers
+# ---------------------------------------------------------------------------------------
+
+
+def world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _all_reduce_mean_(t: Tensor) -> Tensor:
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.div_(dist.get_world_size())
+
+
+def _globalise(losses: Tensor) -> Tensor:
+    """Straight-through surrogate: the value is the mean over ranks, the gradient local."""
+    mean = losses.detach().clone()
+    _all_reduce_mean_(mean)
+    return losses + (mean - losses.detach())
+
+
+# ---------------------------------------------------------------------------------------
+# gradients
+# ---------------------------------------------------------------------------------------
+
+
+def _numel(params: Sequence[Tensor]) -> int:
+    return sum(p.numel() for p in params)
+
+
+def jacobian(
+    outputs: Tensor,
+    inputs: Sequence[Tensor],
+    *,
+    mode: JacobianMode = "auto",
+    retain_graph: bool = False,
+) -> Tensor:
+    """The T×N Jacobian of a T-vector w.r.t. ``inputs`` (flattened, concatenated).
+
+    ``loop`` runs T ``autograd.grad`` calls writing straight into the rows of one dense
+    buffer; ``batched`` runs one vmapped backward (``is_grads_batched``). ``auto`` uses the
+    loop, which measured as fast or faster on CPU conv nets (see bench/engine_speed.py)."""
+    T = outputs.shape[0]
+    n = _numel(inputs)
+    if mode == "batched":
+        eye = torch.eye(T, dtype=outputs.dtype, device=outputs.device)
+        gs = torch.autograd.grad(
+            outputs, inputs, grad_outputs=eye, is_grads_batched=True,
+            retain_graph=retain_graph, allow_unused=True, materialize_grads=True,
+        )
+        return torch.cat([g.reshape(T, -1) for g in gs], dim=1)
+    if mode not in ("auto", "loop"):
+        raise ValueError(f"jacobian mode must be one of ['auto', 'loop', 'batched'], got {mode!r}")
+    J = torch.empty(T, n, dtype=outputs.dtype, device=outputs.device)
+    for t in range(T):
+        gs = torch.autograd.grad(
+            outputs[t], inputs, retain_graph=retain_graph or t < T - 1,
+            allow_unused=True, materialize_grads=True,
+        )
+        torch.cat([g.reshape(-1) for g in gs], out=J[t])
+    return J
+
+
+def _write_grads(params: Sequence[Tensor], flat: Tensor) -> None:
+    """Set ``p.grad`` from a flat vector (views, no copy); overwrites existing grads."""
+    for p, g in zip(params, torch.split(flat, [p.numel() for p in params])):
+        p.grad = g.view_as(p).to(p.dtype)
+
+
+def _flat_grads(params: Sequence[Tensor], grads: Iterable[Tensor | None]) -> Tensor:
+    return torch.cat(
+        [
+            (g if g is not None else torch.zeros_like(p)).reshape(-1)
+            for p, g in zip(params, grads)
+        ]
+    )
+
+
+def _diagnostics(K: Tensor) -> tuple[Tensor, Tensor]:
+    K = K.detach().to(torch.float64)
+    norms = K.diagonal().clamp_min(0).sqrt()
+    denom = torch.outer(norms, norms).clamp_min(1e-30)
+    return norms.float(), (K / denom).float()
+
+
+def _clip_(params: Sequence[Tensor], max_norm: float | None, info: dict[str, float]) -> None:
+    if max_norm is not None:
+        total = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        info["shared_grad_norm_before_clip"] = float(total)
+
+
+# ---------------------------------------------------------------------------------------
+# the engine
+# ---------------------------------------------------------------------------------------
+
+
+def backward(
+    method: Method,
+    losses: Tensor,
+    shared_params: Iterable[Tensor],
+    task_params: Iterable[Tensor] = (),
+    *,
+    rep: Tensor | None = None,
+    level: Level = "auto",
+    head_update: str | None = None,
+    jacobian_mode: JacobianMode = "auto",
+    context: StepContext | None = None,
+    diagnostics: bool = False,
+) -> StepResult:
+    """Compute and write the gradients of one multi-task step for ``method``.
+
+    ``losses``: Tensor[T], each the mini-batch mean loss of a task (differentiable).
+    ``shared_params``: parameters shared by all tasks (they get the method's direction).
+    ``task_params``: every other trainable parameter of the model (heads, task attention);
+    the method's own learnable parameters are added automatically.
+    ``rep``: the shared representation (encoder output) for ``level='rep'``; with
+    ``level='auto'`` it is used when the method supports it.
+    ``diagnostics``: also return per-task gradient norms and pairwise cosines (costs one
+    T×P Gramian on the loss path... and nothing extra on gradient paths).
+    """
+    T = method.num_tasks
+    if losses.dim() != 1 or losses.shape[0] != T:
+        raise ValueError(f"losses must have shape ({T},) for {method.name}, got {tuple(losses.shape)}")
+    shared = [p for p in shared_params if p.requires_grad]
+    if not shared:
+        raise ValueError("shared_params is empty: pass the model's shared parameters")
+    shared_ids = {id(p) for p in shared}
+    others = [p for p in task_params if p.requires_grad and id(p) not in shared_ids]
+    seen = {id(p) for p in others}
+    others += [p for p in method.parameters() if id(p) not in seen]
+    rule = validate_head_update(method, head_update)
+    wants_rep = level == "rep" or (level == "auto" and rep is not None and method.supports_rep_grads)
+    lvl = resolve_level(method, "rep" if wants_rep else "param", rep is not None)
+    W = world_size()
+
+    if W > 1:
+        losses = _globalise(losses)
+    transformed = method.transform_losses(losses)
+    if not torch.isfinite(transformed.detach()).all():
+        bad = [t for t in range(T) if not math.isfinite(float(transformed[t]))]
+        raise FloatingPointError(f"non-finite (transformed) loss for task(s) {bad}")
+
+    if not method.needs_grads():
+        return _loss_path(method, losses, transformed, shared, others, rule, context, diagnostics, W)
+    if lvl == "rep":
+        assert rep is not None
+        return _rep_path(method, losses, transformed, shared, others, rep, rule, context,
+                         jacobian_mode, W)
+    return _param_path(method, losses, transformed, shared, others, rule, context,
+                       jacobian_mode, W)
+
+
+def _loss_path(method, losses, transformed, shared, others, rule, context, diagnostics, W):
+    agg = method.aggregate(None, transformed.detach(), context)
+    w = agg.weights.detach().to(transformed.dtype)
+    params = shared + others
+    info = dict(agg.info)
+    norms = cos = None
+    if diagnostics:
+        # Gradient paths get these for free; here they cost T extra backward passes.
+        J = jacobian(transformed, shared, retain_graph=True)
+        if W > 1:
+            _all_reduce_mean_(J)
+        norms, cos = _diagnostics(J @ J.T)
+    gs = torch.autograd.grad((w * transformed).sum(), params, retain_graph=rule == "own" and bool(others),
+                             allow_unused=True)
+    flat = _flat_grads(params, gs)
+    if rule == "own" and others:
+        n_sh = _numel(shared)
+        own = torch.autograd.grad(transformed.sum(), others, allow_unused=True)
+        flat[n_sh:] = _flat_grads(others, own)
+    if W > 1:
+        _all_reduce_mean_(flat)
+    _write_grads(params, flat)
+    _clip_(shared, agg.max_norm, info)
+    return StepResult("loss", losses.detach(), w.detach(), norms, cos, info)
+
+
+def _param_path(method, losses, transformed, shared, others, rule, context, mode, W):
+    n_sh = _numel(shared)
+    J = jacobian(transformed, shared + others, mode=mode)
+    if W > 1:
+        _all_reduce_mean_(J)  # one flat collective: every rank now holds the global Jacobian
+    G = J[:, :n_sh]
+    ctx = _with_slices(context, shared)
+    agg = method.aggregate(G, transformed.detach(), ctx)
+    w = agg.weights.detach().to(J.dtype)
+    direction = agg.direction if agg.direction is not None else w @ G
+    _write_grads(shared, direction.detach())
+    if others:
+        H = J[:, n_sh:]
+        _write_grads(others, H.sum(0) if rule == "own" else w @ H)
+    info = dict(agg.info)
+    _clip_(shared, agg.max_norm, info)
+    norms, cos = _diagnostics(G @ G.T)
+    return StepResult("param", losses.detach(), w.detach(), norms, cos, info)
+
+
+def _rep_path(method, losses, transformed, shared, others, rep, rule, context, mode, W):
+    if W > 1 and not method.gramian_only:
+        raise ValueError(
+            f"{method.name} at rep level is not exact under torch.distributed (its weights need "
+            "more than the Gramian); use level='param'"
+        )
+    n_rep = rep.numel()
+    R_all = jacobian(transformed, [rep] + others, mode=mode, retain_graph=True)
+    R = R_all[:, :n_rep]
+    if method.gramian_only:
+        K = R @ R.T
+        if W > 1:
+            dist.all_reduce(K, op=dist.ReduceOp.SUM)
+            K = K / (W * W)  # global loss is the mean over ranks: ∇_z scales by 1/W
+        w, info = method.weights_from_gramian(K, transformed.detach())
+        w = w.detach().to(R.dtype)
+        d_rep = w @ R
+        max_norm = None
+    else:
+        agg = method.aggregate(R, transformed.detach(), context)
+        w = agg.weights.detach().to(R.dtype)
+        d_rep = agg.direction if agg.direction is not None else w @ R
+        info, max_norm = dict(agg.info), agg.max_norm
+        K = R @ R.T
+    gs = torch.autograd.grad(rep, shared, grad_outputs=d_rep.view_as(rep), allow_unused=True)
+    flat = _flat_grads(shared, gs)
+    if others:
+        H = R_all[:, n_rep:]
+        flat = torch.cat([flat, H.sum(0) if rule == "own" else w @ H])
+    if W > 1:
+        _all_reduce_mean_(flat)
+    _write_grads(shared + others, flat)
+    _clip_(shared, max_norm, info)
+    norms, cos = _diagnostics(K)
+    return StepResult("rep", losses.detach(), w.detach(), norms, cos, info)
+
+
+def _with_slices(context: StepContext | None, shared: Sequence[Tensor]) -> StepContext:
+    ctx = context if context is not None else StepContext()
+    if not ctx.param_slices:
+        slices, off = [], 0
+        for i, p in enumerate(shared):
+            slices.append((str(i), off, p.shape))
+            off += p.numel()
+        ctx.param_slices = slices
+    return ctx
