@@ -214,8 +214,8 @@ def backward(
     ``shared_params``: parameters shared by all tasks (they get the method's direction).
     ``task_params``: every other trainable parameter of the model (heads, task attention);
     the method's own learnable parameters are added automatically.
-    ``rep``: the shared representation (encoder output) for ``level='rep'``; with
-    ``level='auto'`` it is used when the method supports it.
+    ``rep``: the shared representation (encoder output), needed for ``level='rep'``;
+    ``level='auto'`` uses the method's ``default_level``.
     ``diagnostics``: also return per-task gradient norms and pairwise cosines (costs one
     T×P Gramian on the loss path... and nothing extra on gradient paths).
     """
@@ -230,15 +230,16 @@ def backward(
     seen = {id(p) for p in others}
     others += [p for p in method.parameters() if id(p) not in seen]
     rule = validate_head_update(method, head_update)
-    wants_rep = level == "rep" or (level == "auto" and rep is not None and method.supports_rep_grads)
-    lvl = resolve_level(method, "rep" if wants_rep else "param", rep is not None)
+    if level == "auto":
+        level = method.default_level if method.requires_grads else "param"  # type: ignore[assignment]
+    lvl = resolve_level(method, level, rep is not None)
     W = world_size()
 
     if W > 1:
         losses = _globalise(losses)
     transformed = method.transform_losses(losses)
     if not torch.isfinite(transformed.detach()).all():
-        bad = [t for t in range(T) if not math.isfinite(float(transformed[t]))]
+        bad = [t for t in range(T) if not math.isfinite(float(transformed.detach()[t]))]
         raise FloatingPointError(f"non-finite (transformed) loss for task(s) {bad}")
 
     if not method.needs_grads():

@@ -1,0 +1,209 @@
+"""Per-method cost of one training step through the gradient engine, relative to EW.
+
+Setups (issue 2 §5):
+  (a) ``resnet18``: torchvision ResNet-18 (random init) hard-parameter-sharing encoder,
+      3 linear heads, batch 32, 64×64 inputs, Adam, 2 threads.
+  (b) ``celeba40``: the FAMO CelebA 9-layer CNN shape with 40 linear heads, batch 32,
+      64×64 inputs.
+
+Every (method, level) runs in its own subprocess so that peak RSS (ru_maxrss) is that
+method's alone. Run by hand, not in CI:
+
+    .venv/bin/python bench/engine_speed.py --setup resnet18
+    .venv/bin/python bench/engine_speed.py --setup celeba40 --steps 3
+    .venv/bin/python bench/engine_speed.py --jacobian   # loop vs batched Jacobian
+    .venv/bin/python bench/engine_speed.py --nash        # Nash-MTL weight solve time
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import methods  # noqa: E402
+
+
+class HPS(nn.Module):
+    def __init__(self, encoder: nn.Module, rep_dim: int, num_tasks: int, out_dim: int):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleList([nn.Linear(rep_dim, out_dim) for _ in range(num_tasks)])
+
+    def forward(self, x):
+        rep = self.encoder(x)
+        return rep, [h(rep) for h in self.heads]
+
+
+def _conv(cin, cout):
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+def build(setup: str):
+    if setup == "resnet18":
+        import torchvision
+
+        enc = torchvision.models.resnet18(weights=None)
+        enc.fc = nn.Identity()
+        return HPS(enc, 512, 3, 10), 3, 10
+    if setup == "celeba40":
+        enc = nn.Sequential(
+            *_conv(3, 64), nn.MaxPool2d(2), *_conv(64, 128), *_conv(128, 128), nn.MaxPool2d(2),
+            *_conv(128, 256), *_conv(256, 256), nn.MaxPool2d(2), *_conv(256, 512), *_conv(512, 512),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(),
+            nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(),
+        )
+        return HPS(enc, 512, 40, 1), 40, 1
+    raise SystemExit(f"unknown setup {setup}")
+
+
+def one(setup: str, name: str, level: str, steps: int, warmup: int, jac_mode: str) -> dict:
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model, T, out = build(setup)
+    method = methods.create(name, T)
+    opt = torch.optim.Adam(list(model.parameters()) + list(method.parameters()), lr=1e-4)
+    x = torch.randn(32, 3, 64, 64)
+    ys = torch.randint(0, 10, (32, T)) if out > 1 else torch.randint(0, 2, (32, T)).float()
+    shared = list(model.encoder.parameters())
+    heads = [p for h in model.heads for p in h.parameters()]
+
+    def losses_fn():
+        rep, preds = model(x)
+        if out > 1:
+            ls = [nn.functional.cross_entropy(p, ys[:, t]) for t, p in enumerate(preds)]
+        else:
+            ls = [nn.functional.binary_cross_entropy_with_logits(p[:, 0], ys[:, t]) for t, p in enumerate(preds)]
+        return torch.stack(ls), rep
+
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        losses, rep = losses_fn()
+        methods.backward(method, losses, shared, heads, rep=rep, level=level, jacobian_mode=jac_mode)
+        opt.step()
+        if method.uses_after_step:
+            with torch.no_grad():
+                method.after_step(losses_fn()[0])
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return {
+        "method": name, "level": level, "sec_per_step": times[len(times) // 2],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def cases():
+    out = []
+    for name in methods.available():
+        cls = methods.get_class(name)
+        if cls.requires_model:
+            continue  # CSO needs a per-task-BatchNorm model; benchmarked with its benchmark
+        if not cls.requires_grads:
+            out.append((name, "param"))
+            continue
+        if cls.default_level == "param":
+            out.append((name, "param"))
+        if cls.supports_rep_grads:
+            out.append((name, "rep"))
+    return out
+
+
+def run_all(setup: str, steps: int, warmup: int, jac_mode: str, only: list[str] | None) -> None:
+    rows = []
+    todo = [c for c in cases() if only is None or c[0] in only or c[0] == "ew"]
+    for name, level in todo:
+        cmd = [sys.executable, __file__, "--setup", setup, "--one", name, "--level", level,
+               "--steps", str(steps), "--warmup", str(warmup), "--jacobian-mode", jac_mode]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            print(f"{name}@{level}: FAILED\n{res.stderr[-2000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print(f"  {name}@{level}: {rows[-1]['sec_per_step']:.3f} s/step", file=sys.stderr, flush=True)
+    ew = next(r for r in rows if r["method"] == "ew")
+    print(f"\nsetup={setup} steps={steps} (median) torch={torch.__version__} threads=2\n")
+    print("| method | level | s/step | × EW time | peak RSS MB | × EW memory |")
+    print("|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r["level"], r["sec_per_step"])):
+        print(f"| {r['method']} | {r['level']} | {r['sec_per_step']:.3f} | "
+              f"{r['sec_per_step'] / ew['sec_per_step']:.2f} | {r['peak_rss_mb']:.0f} | "
+              f"{r['peak_rss_mb'] / ew['peak_rss_mb']:.2f} |")
+
+
+def bench_jacobian(setup: str, reps: int = 5) -> None:
+    from methods.engine import jacobian
+
+    torch.set_num_threads(2)
+    model, T, out = build(setup)
+    x = torch.randn(32, 3, 64, 64)
+    y = torch.randint(0, 10, (32,))
+    shared = list(model.encoder.parameters())
+    for mode in ("loop", "batched"):
+        ts = []
+        for _ in range(reps):
+            rep, preds = model(x)
+            losses = torch.stack([nn.functional.cross_entropy(p[:, :10] if out > 1 else
+                                                              torch.cat([p, -p], 1), y % 2 if out == 1 else y)
+                                  for p in preds])
+            t0 = time.perf_counter()
+            jacobian(losses, shared, mode=mode)
+            ts.append(time.perf_counter() - t0)
+        print(f"{setup} jacobian {mode}: median {sorted(ts)[reps // 2]:.3f} s (T={T})")
+
+
+def bench_nash() -> None:
+    from methods.solvers import nash_weights
+
+    g = torch.Generator().manual_seed(0)
+    for T in (2, 3, 5, 10):
+        times, iters = [], []
+        for k in range(200):
+            G = torch.randn(T, 50, generator=g, dtype=torch.float64) * torch.rand(T, 1, generator=g,
+                                                                                  dtype=torch.float64) * 3
+            K = (G @ G.T).numpy()
+            t0 = time.perf_counter()
+            _, it, ok = nash_weights(K)
+            times.append(time.perf_counter() - t0)
+            iters.append(it)
+        times.sort()
+        print(f"nash T={T}: median {times[100] * 1e3:.3f} ms, p95 {times[190] * 1e3:.3f} ms, "
+              f"mean iterations {sum(iters) / len(iters):.1f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--setup", default="resnet18", choices=["resnet18", "celeba40"])
+    ap.add_argument("--one")
+    ap.add_argument("--level", default="param")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--jacobian-mode", default="auto")
+    ap.add_argument("--only", help="comma-separated method names (EW always included)")
+    ap.add_argument("--jacobian", action="store_true")
+    ap.add_argument("--nash", action="store_true")
+    a = ap.parse_args()
+    if a.one:
+        print(json.dumps(one(a.setup, a.one, a.level, a.steps, a.warmup, a.jacobian_mode)))
+    elif a.jacobian:
+        bench_jacobian(a.setup)
+    elif a.nash:
+        bench_nash()
+    else:
+        run_all(a.setup, a.steps, a.warmup, a.jacobian_mode, a.only.split(",") if a.only else None)
+
+
+if __name__ == "__main__":
+    main()
