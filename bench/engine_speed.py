@@ -170,7 +170,7 @@ def bench_nash() -> None:
     g = torch.Generator().manual_seed(0)
     for T in (2, 3, 5, 10):
         times, iters = [], []
-        for k in range(200):
+        for _ in range(200):
             G = torch.randn(T, 50, generator=g, dtype=torch.float64) * torch.rand(T, 1, generator=g,
                                                                                   dtype=torch.float64) * 3
             K = (G @ G.T).numpy()

@@ -17,6 +17,8 @@ Capabilities are class attributes, read and validated before training starts:
 ``requires_model``      model features the method needs (e.g. ``("task_batchnorm",)`` for CSO)
 ``default_head_update`` how task-specific parameters are updated, following the reference code:
                         ``"own"`` (each head its own unweighted gradient) or ``"weighted"``
+``default_level``       ``"param"`` or ``"rep"``: the gradient level used unless the user picks
+                        one (``mgda_ub`` is MGDA at ``"rep"``)
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ class Method(nn.Module):
     uses_after_step: ClassVar[bool] = False
     requires_model: ClassVar[tuple[str, ...]] = ()
     default_head_update: ClassVar[str] = "own"
+    default_level: ClassVar[str] = "param"
     #: plain-data search space for ``mtlx tune``: {hparam: methods.space.Dimension}
     search_space: ClassVar[Mapping[str, Any]] = {}
 
