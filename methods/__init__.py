@@ -18,7 +18,7 @@ from methods.base import (
     Method,
     StepContext,
 )
-from methods.engine import StepResult, backward
+from methods.engine import StepResult, after_step, backward
 from methods.registry import available, create, get_class, hparam_fields, register
 
 # Import every method module so that its @register runs (no hand-kept list to forget).
@@ -34,6 +34,7 @@ __all__ = [
     "Method",
     "StepContext",
     "StepResult",
+    "after_step",
     "available",
     "backward",
     "create",

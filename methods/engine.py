@@ -252,6 +252,17 @@ def backward(
                        jacobian_mode, W)
 
 
+def after_step(method: Method, losses: Tensor) -> None:
+    """Hand the same batch's post-step losses to ``method.after_step`` (FAMO), averaged over
+    ranks under torch.distributed so that every rank's method state stays identical."""
+    if not method.uses_after_step:
+        return
+    losses = losses.detach().clone()
+    if world_size() > 1:
+        _all_reduce_mean_(losses)
+    method.after_step(losses)
+
+
 def _loss_path(method, losses, transformed, shared, others, rule, context, diagnostics, W):
     agg = method.aggregate(None, transformed.detach(), context)
     w = agg.weights.detach().to(transformed.dtype)

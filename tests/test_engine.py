@@ -154,9 +154,8 @@ def _run_case(name: str, level: str, x, y, steps: int = STEPS) -> torch.Tensor:
         methods.backward(method, losses, model.shared_parameters(), model.task_parameters(),
                          rep=rep, level=level)
         opt.step()
-        if method.uses_after_step:
-            with torch.no_grad():
-                method.after_step(model.losses(x, y)[0])
+        with torch.no_grad():
+            methods.after_step(method, model.losses(x, y)[0])
     return torch.cat([p.detach().reshape(-1) for p in list(model.parameters()) + list(method.parameters())])
 
 
