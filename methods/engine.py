@@ -226,9 +226,12 @@ def backward(
     if not shared:
         raise ValueError("shared_params is empty: pass the model's shared parameters")
     shared_ids = {id(p) for p in shared}
-    others = [p for p in task_params if p.requires_grad and id(p) not in shared_ids]
-    seen = {id(p) for p in others}
-    others += [p for p in method.parameters() if id(p) not in seen]
+    heads = [p for p in task_params if p.requires_grad and id(p) not in shared_ids]
+    seen = {id(p) for p in heads}
+    # The method's own parameters (UW's and IMTL-L's s) always get their own loss's gradient:
+    # weighting them by (possibly negative) task weights would change what they learn.
+    own_params = [p for p in method.parameters() if p.requires_grad and id(p) not in seen]
+    others = _Others(heads + own_params, _numel(heads))
     rule = validate_head_update(method, head_update)
     if level == "auto":
         level = method.default_level if method.requires_grads else "param"  # type: ignore[assignment]
@@ -266,7 +269,6 @@ def after_step(method: Method, losses: Tensor) -> None:
 def _loss_path(method, losses, transformed, shared, others, rule, context, diagnostics, W):
     agg = method.aggregate(None, transformed.detach(), context)
     w = agg.weights.detach().to(transformed.dtype)
-    params = shared + others
     info = dict(agg.info)
     norms = cos = None
     if diagnostics:
@@ -275,13 +277,16 @@ def _loss_path(method, losses, transformed, shared, others, rule, context, diagn
         if W > 1:
             _all_reduce_mean_(J)
         norms, cos = _diagnostics(J @ J.T)
-    gs = torch.autograd.grad((w * transformed).sum(), params, retain_graph=rule == "own" and bool(others),
-                             allow_unused=True)
+    params = shared + others.params
+    n_w = _numel(shared) + (others.n_heads if rule == "weighted" else 0)
+    if bool((w == 1).all()):
+        n_w = _numel(params)  # own and weighted coincide: one backward pass
+    split = _split_index(params, n_w)
+    gs = list(torch.autograd.grad((w * transformed).sum(), params[:split],
+                                  retain_graph=split < len(params), allow_unused=True))
+    if split < len(params):
+        gs += torch.autograd.grad(transformed.sum(), params[split:], allow_unused=True)
     flat = _flat_grads(params, gs)
-    if rule == "own" and others:
-        n_sh = _numel(shared)
-        own = torch.autograd.grad(transformed.sum(), others, allow_unused=True)
-        flat[n_sh:] = _flat_grads(others, own)
     if W > 1:
         _all_reduce_mean_(flat)
     _write_grads(params, flat)
@@ -291,7 +296,7 @@ def _loss_path(method, losses, transformed, shared, others, rule, context, diagn
 
 def _param_path(method, losses, transformed, shared, others, rule, context, mode, W):
     n_sh = _numel(shared)
-    J = jacobian(transformed, shared + others, mode=mode)
+    J = jacobian(transformed, shared + others.params, mode=mode)
     if W > 1:
         _all_reduce_mean_(J)  # one flat collective: every rank now holds the global Jacobian
     G = J[:, :n_sh]
@@ -300,9 +305,8 @@ def _param_path(method, losses, transformed, shared, others, rule, context, mode
     w = agg.weights.detach().to(J.dtype)
     direction = agg.direction if agg.direction is not None else w @ G
     _write_grads(shared, direction.detach())
-    if others:
-        H = J[:, n_sh:]
-        _write_grads(others, H.sum(0) if rule == "own" else w @ H)
+    if others.params:
+        _write_grads(others.params, others.combine(J[:, n_sh:], w, rule))
     info = dict(agg.info)
     _clip_(shared, agg.max_norm, info)
     norms, cos = _diagnostics(G @ G.T)
@@ -316,7 +320,7 @@ def _rep_path(method, losses, transformed, shared, others, rep, rule, context, m
             "more than the Gramian); use level='param'"
         )
     n_rep = rep.numel()
-    R_all = jacobian(transformed, [rep] + others, mode=mode, retain_graph=True)
+    R_all = jacobian(transformed, [rep] + others.params, mode=mode, retain_graph=True)
     R = R_all[:, :n_rep]
     if method.gramian_only:
         K = R @ R.T
@@ -335,15 +339,40 @@ def _rep_path(method, losses, transformed, shared, others, rep, rule, context, m
         K = R @ R.T
     gs = torch.autograd.grad(rep, shared, grad_outputs=d_rep.view_as(rep), allow_unused=True)
     flat = _flat_grads(shared, gs)
-    if others:
-        H = R_all[:, n_rep:]
-        flat = torch.cat([flat, H.sum(0) if rule == "own" else w @ H])
+    if others.params:
+        flat = torch.cat([flat, others.combine(R_all[:, n_rep:], w, rule)])
     if W > 1:
         _all_reduce_mean_(flat)
-    _write_grads(shared + others, flat)
+    _write_grads(shared + others.params, flat)
     _clip_(shared, max_norm, info)
     norms, cos = _diagnostics(K)
     return StepResult("rep", losses.detach(), w.detach(), norms, cos, info)
+
+
+@dataclass
+class _Others:
+    """Non-shared parameters: the heads (first ``n_heads`` entries of the flat vector follow
+    the head rule) then the method's own parameters (always their own gradient)."""
+
+    params: list[Tensor]
+    n_heads: int
+
+    def combine(self, H: Tensor, w: Tensor, rule: str) -> Tensor:
+        """Gradients from the T×H per-task gradient block ``H``."""
+        own = H.sum(0)
+        if rule == "own":
+            return own
+        return torch.cat([w @ H[:, : self.n_heads], own[self.n_heads :]])
+
+
+def _split_index(params: Sequence[Tensor], n: int) -> int:
+    """Number of leading parameters whose sizes add up to ``n``."""
+    total = 0
+    for i, p in enumerate(params):
+        if total >= n:
+            return i
+        total += p.numel()
+    return len(params)
 
 
 def _with_slices(context: StepContext | None, shared: Sequence[Tensor]) -> StepContext:

@@ -189,3 +189,18 @@ def test_distributed_update_equals_single_process_on_concatenated_batch(tmp_path
         torch.testing.assert_close(r0[key], r1[key], rtol=0, atol=0, msg=f"{key}: ranks differ")
         torch.testing.assert_close(r0[key], single, rtol=1e-4, atol=1e-5,
                                    msg=f"{key}: distributed != single process")
+
+
+@pytest.mark.parametrize("rule", ["own", "weighted"])
+@pytest.mark.parametrize("name", ["imtl", "uw"])
+def test_method_parameters_always_get_their_own_gradient(name, rule):
+    """UW's/IMTL's s_t learn from their own task's transformed loss under either head rule."""
+    model = TinyMTL()
+    x, y = make_data()
+    method = methods.create(name, 3)
+    losses, _ = model.losses(x, y)
+    methods.backward(method, losses, model.shared_parameters(), model.task_parameters(), head_update=rule)
+    got = torch.cat([p.grad.reshape(-1) for p in method.parameters()])
+    s = list(method.parameters())
+    ref = torch.autograd.grad(method.transform_losses(model.losses(x, y)[0]).sum(), s)
+    torch.testing.assert_close(got, torch.cat([g.reshape(-1) for g in ref]))
