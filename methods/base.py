@@ -103,6 +103,24 @@ def check_int(name: str, value: int, low: int | None = None, high: int | None = 
     check_range(name, value, low, high)
 
 
+def check_bool(name: str, value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is a real bool (not 0/1)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def check_positive_losses(name: str, losses: Tensor) -> None:
+    """``ValueError`` for losses ≤ 0 or non-finite, which log-based weightings cannot take."""
+    bad = [t for t in range(losses.shape[0]) if not 0 < float(losses[t]) < math.inf]
+    if bad:
+        vals = [float(losses[t]) for t in bad]
+        raise ValueError(
+            f"{name} needs strictly positive, finite task losses; task(s) {bad} have {vals}. "
+            "Shift or reparametrise those losses (e.g. add a constant to a negative "
+            "log-likelihood) so that they are > 0"
+        )
+
+
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     """Raise ``ValueError`` listing ``choices`` unless ``value`` is one of them."""
     if value not in choices:
@@ -260,7 +278,13 @@ class GramianMethod(Method):
         assert grads is not None
         w, info = self.weights_from_gramian(grads @ grads.T, losses)
         direction = w.to(grads.dtype) @ grads
-        return Aggregation(direction=direction, weights=w.to(losses.dtype), info=info)
+        return Aggregation(direction=direction, weights=w.to(losses.dtype),
+                           max_norm=self.max_grad_norm(), info=info)
+
+    def max_grad_norm(self) -> float | None:
+        """Clip the shared gradient to this norm after it is written (None: no clipping).
+        Read by the engine on every path, the Gramian-only ones included."""
+        return None
 
     def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> tuple[Tensor, dict]:
         """Entry point for the engine's Gramian-only paths (rep-level, distributed)."""

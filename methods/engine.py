@@ -330,7 +330,7 @@ def _rep_path(method, losses, transformed, shared, others, rep, rule, context, m
         w, info = method.weights_from_gramian(K, transformed.detach())
         w = w.detach().to(R.dtype)
         d_rep = w @ R
-        max_norm = None
+        max_norm = method.max_grad_norm()
     else:
         agg = method.aggregate(R, transformed.detach(), context)
         w = agg.weights.detach().to(R.dtype)

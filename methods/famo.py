@@ -30,65 +30,18 @@ torch.distributed :meth:`after_step` must receive the rank-mean losses, as ``agg
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from methods.base import LossWeighting, check_range
+from methods.base import LossWeighting, check_positive_losses, check_range
 from methods.registry import register
+from methods.solvers import InternalAdam
 from methods.space import LogUniform
 
 EPS = 1e-8
-
-
-class InternalAdam(nn.Module):
-    """``torch.optim.Adam``'s update (L2 weight decay, no amsgrad) on one tensor whose state
-    lives in buffers, so it travels with the owning method's ``state_dict`` and ``.to()``.
-
-    Used by methods that update their own variables (FAMO logits, GradNorm loss scales)
-    without touching the trainer's optimiser. Transcribed from ``_single_tensor_adam``."""
-
-    def __init__(self, size: int, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        super().__init__()
-        self.betas = betas
-        self.eps = eps
-        self.register_buffer("exp_avg", torch.zeros(size, dtype=torch.float64))
-        self.register_buffer("exp_avg_sq", torch.zeros(size, dtype=torch.float64))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.float64))
-
-    @torch.no_grad()
-    def step_(self, param: Tensor, grad: Tensor, lr: float, weight_decay: float = 0.0) -> None:
-        """Update ``param`` in place from ``grad``."""
-        beta1, beta2 = self.betas
-        self.steps += 1
-        step = float(self.steps)
-        if weight_decay != 0:
-            grad = grad.add(param, alpha=weight_decay)
-        self.exp_avg.lerp_(grad, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step_size = lr / (1 - beta1**step)
-        denom = (self.exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(self.eps)
-        param.addcdiv_(self.exp_avg, denom, value=-step_size)
-
-    def reset(self) -> None:
-        self.exp_avg.zero_()
-        self.exp_avg_sq.zero_()
-        self.steps.zero_()
-
-
-def check_positive_losses(name: str, losses: Tensor) -> None:
-    """``ValueError`` for losses ≤ 0 or non-finite, which log-based weightings cannot take."""
-    bad = [t for t in range(losses.shape[0]) if not 0 < float(losses[t]) < math.inf]
-    if bad:
-        vals = [float(losses[t]) for t in bad]
-        raise ValueError(
-            f"{name} needs strictly positive, finite task losses; task(s) {bad} have {vals}. "
-            "Shift or reparametrise those losses (e.g. add a constant to a negative "
-            "log-likelihood) so that they are > 0"
-        )
 
 
 @register("famo")

@@ -22,8 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from methods.base import LossWeighting
-from methods.famo import check_positive_losses
+from methods.base import LossWeighting, check_positive_losses
 from methods.registry import register
 
 

@@ -44,9 +44,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from methods.base import Aggregation, GramianMethod, StepContext, check_range
-from methods.famo import InternalAdam, check_positive_losses
+from methods.base import Aggregation, GramianMethod, StepContext, check_positive_losses, check_range
 from methods.registry import register
+from methods.solvers import InternalAdam
 from methods.space import Uniform
 
 

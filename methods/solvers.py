@@ -5,6 +5,7 @@
 - :func:`simplex_slsqp` — scipy SLSQP over the simplex from uniform weights, as CAGrad and
   IMGrad's reference code do (with the analytic gradient, which the reference lacks).
 - :func:`nash_weights` — the Nash bargaining fixed point K α = 1/α by damped Newton.
+- :class:`InternalAdam` — torch's Adam update for a method's own variables.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import torch
 from scipy.optimize import minimize
+from torch import Tensor, nn
 
 # ---------------------------------------------------------------------------------------
 # Sener min-norm solver
@@ -101,15 +104,24 @@ def min_norm_weights(
 
 
 def simplex_slsqp(
-    fun: Callable[[np.ndarray], float], jac: Callable[[np.ndarray], np.ndarray], n: int
+    fun: Callable[[np.ndarray], float],
+    jac: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    *,
+    ftol: float = 1e-6,
 ) -> np.ndarray:
-    """Minimise ``fun`` over the probability simplex with SLSQP from uniform weights."""
+    """Minimise ``fun`` over the probability simplex with SLSQP from uniform weights.
+
+    ``ftol`` is SLSQP's (absolute) accuracy goal on ``fun``; the default is scipy's, which
+    the references use. CAGrad's dual is flat near its minimum (a 1e-4 change of w moves the
+    objective by ~1e-9), so callers that want w* itself pass a tighter value."""
     x0 = np.ones(n) / n
     res = minimize(
         fun,
         x0,
         jac=jac,
         method="SLSQP",
+        options={"ftol": ftol},
         bounds=[(0.0, 1.0)] * n,
         constraints=({"type": "eq", "fun": lambda x: 1.0 - x.sum(), "jac": lambda x: -np.ones_like(x)},),
     )
@@ -126,47 +138,104 @@ def nash_weights(
     K: np.ndarray,
     alpha0: np.ndarray | None = None,
     max_iter: int = 20,
-    tol: float = 1e-3,
+    tol: float = 1e-6,
 ) -> tuple[np.ndarray, int, bool]:
     """Solve K α = 1/α with α > 0 (the Nash-MTL bargaining solution).
 
-    This is the stationary point of the strictly convex φ(α) = ½αᵀKα − Σ log α_t, so damped
-    Newton with a fraction-to-boundary rule converges quadratically; each iteration is one
-    T×T solve. As the reference does, K is first normalised by its Frobenius norm and the
-    answer scaled back, and convergence means ‖Kα − 1/α‖ < ``tol`` (reference: 1e-3).
-    Returns (α, iterations, converged). When K has a null direction inside the positive
-    orthant (e.g. a zero gradient) there is no solution; the caller keeps its previous α,
-    as the reference does when its solver fails.
+    This is the stationary point of the strictly convex, self-concordant
+    φ(α) = ½αᵀKα − Σ log α_t, found by damped Newton (Armijo backtracking and a
+    fraction-to-boundary rule); each iteration is one T×T solve. As the reference does, K is
+    first normalised by its Frobenius norm s and the answer scaled back (α = β/√s with
+    K̂β = 1/β, K̂ = K/s). The Newton system is solved in the variables-scaled form
+    (D K̂ D + I) u = r with D = diag(β), r = β ⊙ K̂β − 1, which stays well conditioned when
+    the entries of β differ by orders of magnitude.
+
+    Convergence: the scale-free residual max_t |α_t (Kα)_t − 1| < ``tol`` (the reference
+    tests ‖K̂α − 1/α‖ < 1e-3, which mixes scales; the fixed point is the same). The start is
+    ``alpha0`` (the previous solution, as the reference warm-starts) or ones, rescaled by the
+    optimal factor along its ray. Returns (α, iterations, converged). Without convergence in
+    ``max_iter`` iterations, on non-finite values, or when no solution exists (K has a null
+    direction inside the positive orthant, e.g. a zero gradient, so α diverges), it returns
+    ``alpha0`` (or ones) with ``converged=False``; the caller keeps its previous α, as the
+    reference does when its solver fails.
     """
     n = K.shape[0]
+    fallback = np.ones(n) if alpha0 is None else np.asarray(alpha0, dtype=np.float64).copy()
     scale = float(np.linalg.norm(K))
     if not np.isfinite(scale) or scale <= 0:
-        return np.ones(n) if alpha0 is None else alpha0, 0, False
+        return fallback, 0, False
     Kn = K / scale
     root = np.sqrt(scale)
-    b = np.ones(n) if alpha0 is None else np.maximum(alpha0 * root, 1e-8)
+    b = np.ones(n) if alpha0 is None else np.asarray(alpha0, dtype=np.float64) * root
+    if not (np.isfinite(b).all() and (b > 0).all()):
+        b = np.ones(n)
+    curv = float(b @ Kn @ b)
+    if curv > 0:  # argmin over t of φ(t·b): t² bᵀK̂b = n
+        b = b * np.sqrt(n / curv)
+    eye = np.eye(n)
 
     def phi(x: np.ndarray) -> float:
-        return 0.5 * x @ Kn @ x - np.sum(np.log(x))
+        return 0.5 * float(x @ Kn @ x) - float(np.sum(np.log(x)))
 
-    for it in range(max_iter * 5):
-        grad = Kn @ b - 1.0 / b
-        # residual on the original scale: ‖K α − 1/α‖ with α = b/√s equals √s·‖grad‖
-        if root * np.linalg.norm(grad) < tol:
+    for it in range(max_iter + 1):
+        Kb = Kn @ b
+        r = b * Kb - 1.0
+        if np.max(np.abs(r)) < tol:
             return b / root, it, True
-        H = Kn + np.diag(1.0 / b**2)
+        if it == max_iter:
+            break
         try:
-            step = np.linalg.solve(H, grad)
+            u = np.linalg.solve(b[:, None] * Kn * b[None, :] + eye, r)
         except np.linalg.LinAlgError:
             break
+        step = b * u  # Newton step in β: H⁻¹∇φ with H = K̂ + diag(1/β²)
         t = 1.0
-        neg = step > 0
-        if neg.any():  # stay strictly inside α > 0
-            t = min(1.0, 0.99 * float(np.min(b[neg] / step[neg])))
-        f0, slope = phi(b), grad @ step
+        if u.max() > 0:  # keep β > 0: β − t·β⊙u > 0  ⇔  t·u < 1
+            t = min(1.0, 0.99 / float(u.max()))
+        f0, slope = phi(b), float(r @ u)  # slope = ∇φᵀ step = rᵀ(DK̂D + I)⁻¹r ≥ 0
         while t > 1e-12 and phi(b - t * step) > f0 - 1e-4 * t * slope:
             t *= 0.5
         b = b - t * step
         if not np.isfinite(b).all() or b.max() > 1e12:
             break
-    return b / root, max_iter, False
+    return fallback, max_iter, False
+
+
+# ---------------------------------------------------------------------------------------
+# Adam for a method's own variables (FAMO logits, GradNorm loss scales)
+# ---------------------------------------------------------------------------------------
+
+
+class InternalAdam(nn.Module):
+    """``torch.optim.Adam``'s update (L2 weight decay, no amsgrad) on one tensor whose state
+    lives in buffers, so it travels with the owning method's ``state_dict`` and ``.to()``.
+
+    Used by methods that update their own variables (FAMO logits, GradNorm loss scales)
+    without touching the trainer's optimiser. Transcribed from ``_single_tensor_adam``."""
+
+    def __init__(self, size: int, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__()
+        self.betas = betas
+        self.eps = eps
+        self.register_buffer("exp_avg", torch.zeros(size, dtype=torch.float64))
+        self.register_buffer("exp_avg_sq", torch.zeros(size, dtype=torch.float64))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def step_(self, param: Tensor, grad: Tensor, lr: float, weight_decay: float = 0.0) -> None:
+        """Update ``param`` in place from ``grad``."""
+        beta1, beta2 = self.betas
+        self.steps += 1
+        step = float(self.steps)
+        if weight_decay != 0:
+            grad = grad.add(param, alpha=weight_decay)
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step_size = lr / (1 - beta1**step)
+        denom = (self.exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(self.eps)
+        param.addcdiv_(self.exp_avg, denom, value=-step_size)
+
+    def reset(self) -> None:
+        self.exp_avg.zero_()
+        self.exp_avg_sq.zero_()
+        self.steps.zero_()

@@ -204,3 +204,14 @@ def test_method_parameters_always_get_their_own_gradient(name, rule):
     s = list(method.parameters())
     ref = torch.autograd.grad(method.transform_losses(model.losses(x, y)[0]).sum(), s)
     torch.testing.assert_close(got, torch.cat([g.reshape(-1) for g in ref]))
+
+
+def test_rep_path_applies_the_methods_clipping():
+    model = TinyMTL()
+    x, y = make_data()
+    losses, rep = model.losses(x, y)
+    m = methods.create("nash_mtl", 3, max_norm=1e-3)
+    res = methods.backward(m, losses, model.shared_parameters(), model.task_parameters(), rep=rep, level="rep")
+    norm = torch.cat([p.grad.reshape(-1) for p in model.shared_parameters()]).norm()
+    assert res.info["shared_grad_norm_before_clip"] > 1e-3
+    torch.testing.assert_close(norm, torch.tensor(1e-3), rtol=1e-4, atol=0)
