@@ -43,9 +43,12 @@ class Protocol:
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
-    lr_schedule: str = "none"  # none | step | cosine
+    lr_schedule: str = "none"  # none | step | cosine | plateau
     step_size: int = 100  # step schedule: epochs per decay
-    gamma: float = 0.5  # step schedule: decay factor
+    gamma: float = 0.5  # step/plateau schedule: decay factor
+    # plateau (ReduceLROnPlateau on the validation selection criterion, e.g. QM9's val Δm):
+    patience: int = 10  # epochs without improvement before lr *= gamma (torch default)
+    min_lr: float = 0.0  # lower bound of the lr
     batch_size: int = 32
     epochs: int = 100
     average_last: int = 1  # report the mean of the last k evaluated epochs (1 = final)
