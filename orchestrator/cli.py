@@ -1,0 +1,213 @@
+"""The ``mtlx`` command line (also ``python -m orchestrator``).
+
+::
+
+    mtlx run [CONFIG.yaml] [--benchmark B] [--methods m1,m2] [--seeds 0,1,2] [--epochs N]
+             [--workers W] [--gpus-per-worker G] [--data-root PATH] [--out DIR] [key=value ...]
+    mtlx report RESULTS_DIR [--format markdown|csv] [--plots DIR] [--benchmark B]
+    mtlx methods
+    mtlx benchmarks
+
+``mtlx run`` without arguments runs the embedded default: ``multi_digits`` (no download),
+the methods of :data:`orchestrator.config.DEFAULT_METHODS` that are registered, seeds 0 and
+1, each run in its own Ray task on a local Ray started for the command, then prints the
+ranked report. Flags override the YAML file; ``key=value`` overrides (dotted keys, see
+``mtlx run --help-config``) override both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from orchestrator.config import (
+    DEFAULT_METHODS,
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    experiment_from_dict,
+    help_config,
+    load_yaml,
+)
+
+#: CLI flag → config key (flags override the YAML file)
+FLAGS = {
+    "benchmark": "benchmark", "methods": "methods", "seeds": "seeds", "data_root": "data_root",
+    "out": "out", "workers": "workers", "gpus_per_worker": "gpus_per_worker",
+    "cpus_per_worker": "cpus_per_worker", "max_concurrent": "max_concurrent",
+    "ray_address": "ray_address", "epochs": "train.epochs", "steps": "train.steps",
+}  # fmt: skip
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mtlx", description="Multi-task learning experiments on Ray.")
+    sub = p.add_subparsers(dest="command", metavar="{run,report,methods,benchmarks}")
+    r = sub.add_parser("run", help="train methods on a benchmark and print the report",
+                       description="Train runs (method × seed) and print the ranked report. "
+                                   "Without arguments: the embedded multi_digits demo.")
+    r.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
+                   help="an optional YAML config, then dotted overrides (train.lr=3e-4)")
+    r.add_argument("--benchmark", help="benchmark name (mtlx benchmarks)")
+    r.add_argument("--methods", help="comma-separated method names; 'stl' = single-task runs")
+    r.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
+    r.add_argument("--epochs", type=int, help="training epochs (default: the protocol's)")
+    r.add_argument("--steps", type=int, help="training steps (step-based trainers, e.g. RL)")
+    r.add_argument("--workers", type=int,
+                   help="0: in this process; 1 (default): one Ray task per run; W>=2: Ray Train "
+                        "with W workers per run")
+    r.add_argument("--gpus-per-worker", type=float, dest="gpus_per_worker")
+    r.add_argument("--cpus-per-worker", type=int, dest="cpus_per_worker")
+    r.add_argument("--max-concurrent", type=int, dest="max_concurrent",
+                   help="at most this many runs at once")
+    r.add_argument("--data-root", dest="data_root", help="dataset root (published layout)")
+    r.add_argument("--out", help="results directory (default: results)")
+    r.add_argument("--ray-address", dest="ray_address", help="connect to a Ray cluster")
+    r.add_argument("--rerun", action="store_true", default=None,
+                   help="rerun finished runs (default: skip them, resume unfinished ones)")
+    r.add_argument("--verbose", action="store_true", default=None, help="show Ray's output")
+    r.add_argument("--help-config", action="store_true", help="list every config key")
+    r.add_argument("--no-report", action="store_true", help="do not print the report")
+    rep = sub.add_parser("report", help="tables and plots from a results directory")
+    rep.add_argument("results", help="results directory (the --out of mtlx run)")
+    rep.add_argument("--format", default="markdown", choices=("markdown", "csv"))
+    rep.add_argument("--plots", metavar="DIR", help="also write PNG plots into DIR")
+    rep.add_argument("--benchmark", help="only this benchmark")
+    sub.add_parser("methods", help="list the methods with their hyperparameters")
+    sub.add_parser("benchmarks", help="list the benchmarks with tasks and protocols")
+    return p
+
+
+def build_experiment(args: argparse.Namespace) -> tuple[ExperimentConfig, bool]:
+    """(config, methods_given) from the ``run`` arguments."""
+    positional = list(args.args)
+    data: dict[str, Any] = {}
+    if positional and "=" not in positional[0]:
+        data = load_yaml(positional.pop(0))
+    flag_overrides = []
+    for flag, key in FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            flag_overrides.append(f"{key}={value}")
+    for flag in ("rerun", "verbose"):
+        if getattr(args, flag):
+            flag_overrides.append(f"{flag}=true")
+    bad = [a for a in positional if "=" not in a]
+    if bad:
+        raise ConfigError(f"unexpected argument(s) {bad}: only the first argument may be a YAML "
+                          "file, the rest must be key=value overrides")
+    data = apply_overrides(data, flag_overrides + positional)
+    return experiment_from_dict(data), "methods" in data
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.help_config:
+        print("config keys (YAML, or key=value overrides):\n" + help_config())
+        return 0
+    import methods
+    from orchestrator.launch import describe, run_experiment
+    from orchestrator.report import Results, report_text
+
+    exp, methods_given = build_experiment(args)
+    if not methods_given:  # the embedded default: the default methods that exist
+        available = set(methods.available())
+        missing = [m for m in DEFAULT_METHODS if m not in available]
+        exp.methods = [m for m in DEFAULT_METHODS if m in available]
+        if missing:
+            print(f"note: default methods not available in this install: {', '.join(missing)}",
+                  file=sys.stderr)
+    t0 = time.perf_counter()
+    outcomes = run_experiment(exp)
+    wall = time.perf_counter() - t0
+    describe(outcomes)
+    print(f"wall time: {wall:.1f} s; results in {exp.out}/", file=sys.stderr)
+    if not args.no_report:
+        res = Results.load(exp.out)
+        ids = [o.run_id for o in outcomes]
+        print(report_text(res, exp.benchmark, run_ids=ids), end="")
+    return 0 if all(o.status in ("finished", "skipped") for o in outcomes) else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator.report import Results, plot_all, report_text
+
+    try:
+        res = Results.load(args.results)
+        text = report_text(res, args.benchmark, args.format)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print(text, end="")
+    if args.plots:
+        files = plot_all(res, args.plots, args.benchmark)
+        print(f"wrote {len(files)} plot(s) to {args.plots}/", file=sys.stderr)
+    return 0
+
+
+def _first_line(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def cmd_methods(_: argparse.Namespace) -> int:
+    import methods
+    from methods.registry import hparam_fields
+
+    for name in methods.available():
+        cls = methods.get_class(name)
+        kind = "gradient" if cls.requires_grads else "loss"
+        caps = [kind, f"level={cls.default_level if cls.requires_grads else 'param'}"]
+        if cls.supports_rep_grads:
+            caps.append("rep-capable")
+        if cls.stateful:
+            caps.append("stateful")
+        if cls.requires_model:
+            caps.append("needs model " + "+".join(cls.requires_model))
+        desc = _first_line(cls) or _first_line(sys.modules[cls.__module__])
+        hp = ", ".join(f"{k}={v!r}" for k, v in hparam_fields(name).items()) or "-"
+        print(f"{name:14s} {desc}\n{'':14s} [{', '.join(caps)}]  hparams: {hp}")
+    return 0
+
+
+def cmd_benchmarks(_: argparse.Namespace) -> int:
+    import envs
+
+    for name in envs.available():
+        cls = envs.get_class(name)
+        tasks = list(getattr(cls, "tasks", ()))
+        shown = ", ".join(tasks[:6]) + (f", … ({len(tasks)} tasks)" if len(tasks) > 6 else "")
+        p = cls.protocol
+        proto = ", ".join(f"{k}={getattr(p, k)}" for k in
+                          ("optimizer", "lr", "batch_size", "epochs", "selection")
+                          if hasattr(p, k))
+        desc = cls.description or _first_line(cls)
+        print(f"{name:14s} {desc}\n{'':14s} kind={getattr(cls, 'kind', 'supervised')}; "
+              f"tasks: {shown or '-'}\n{'':14s} protocol: {proto}"
+              + (f"\n{'':14s} options: {dict(cls.options)}" if cls.options else ""))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    # overrides may follow flags (`mtlx run --seeds 0 train.lr=1e-3`): collect them here
+    args, extra = parser.parse_known_args(argv)
+    flags = [a for a in extra if a.startswith("-")]
+    if flags or (extra and args.command != "run"):
+        parser.error(f"unrecognized arguments: {' '.join(flags or extra)}")
+    if args.command == "run":
+        args.args = list(args.args) + extra
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handler = {"run": cmd_run, "report": cmd_report, "methods": cmd_methods,
+               "benchmarks": cmd_benchmarks}[args.command]
+    try:
+        return handler(args)
+    except ConfigError as e:
+        print(f"mtlx: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nmtlx: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130

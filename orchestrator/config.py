@@ -1,0 +1,434 @@
+"""Typed configs for ``mtlx run``: dataclasses, YAML, ``key=value`` overrides, validation.
+
+Two levels:
+
+* :class:`ExperimentConfig` — what a user writes (YAML file, CLI flags, ``key=value``
+  overrides): one benchmark, several methods and seeds, the optimisation settings
+  (:class:`TrainConfig`, ``None`` = the benchmark protocol's value) and the resources.
+* :class:`RunConfig` — one (method, seed[, STL task]) run, fully resolved against the benchmark
+  protocol and the method's hyperparameter defaults. Its :meth:`RunConfig.run_id` is a
+  deterministic id: ``<benchmark>.<method>[.<task>].s<seed>.<hash>`` where the hash covers
+  every field that changes the numbers (never a timestamp), so rerunning the same command
+  finds the same runs (skip if finished, resume if not).
+
+Every field carries a ``help`` text (shown by ``mtlx run --help-config``). Loading rejects
+unknown keys with the closest valid one; :func:`orchestrator.validate.validate` then checks
+every run against the benchmark and method before any Ray process starts.
+
+YAML layout (every key optional; see ``configs/*.yaml``)::
+
+    benchmark: nyuv2
+    methods: [ew, cagrad, nash_mtl]
+    seeds: [0, 1, 2]
+    data_root: /data/nyuv2
+    hparams: {cagrad: {c: 0.4}}
+    train: {epochs: 200, batch_size: 2, lr: 1.0e-4, lr_schedule: step, step_size: 100}
+
+Overrides use dotted keys and YAML values: ``train.lr=3e-4``, ``hparams.cagrad.c=0.5``,
+``seeds=[0,1,2]`` or ``seeds=0,1,2``, ``bench_options.loss_scale=[1,10]``; a bare
+:class:`TrainConfig` field (``lr=3e-4``) means ``train.<field>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: The pseudo-method that trains one model per task (single-task learning baselines).
+STL = "stl"
+#: Methods run by ``mtlx run`` without arguments (those registered are used).
+DEFAULT_METHODS = (
+    "ew", "pcgrad", "mgda", "cagrad", "nash_mtl", "imtl", "db_mtl", "imgrad", "famo",
+)  # fmt: skip
+DEFAULT_BENCHMARK = "multi_digits"
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "step", "cosine", "plateau")
+SELECTIONS = ("last", "best_val")
+LEVELS = ("auto", "param", "rep")
+HEAD_UPDATES = ("own", "weighted")
+
+
+class ConfigError(ValueError):
+    """A configuration problem found before any compute; the message names the fix."""
+
+
+def _f(default: Any = None, help: str = "", factory: Any = None) -> Any:  # noqa: A002
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of a run. ``None`` means "the benchmark protocol's value"."""
+
+    epochs: int | None = _f(help="training epochs")
+    steps: int | None = _f(help="total training steps, for step-based (RL) trainers")
+    batch_size: int | None = _f(help="global batch size (split evenly over workers)")
+    optimizer: str | None = _f(help=f"one of {list(OPTIMIZERS)}")
+    lr: float | None = _f(help="learning rate of the model")
+    weight_decay: float | None = _f(help="weight decay (L2 for adam/sgd, decoupled for adamw)")
+    momentum: float | None = _f(help="momentum (sgd only)")
+    lr_schedule: str | None = _f(
+        help=f"one of {list(SCHEDULES)}; step: ×gamma every step_size epochs; plateau: "
+        "ReduceLROnPlateau(factor=gamma, patience, min_lr) on the validation score"
+    )
+    step_size: int | None = _f(help="epochs per lr decay (step schedule)")
+    gamma: float | None = _f(help="lr decay factor (step, plateau)")
+    patience: int | None = _f(help="plateau: evaluations without improvement before a decay")
+    min_lr: float | None = _f(help="plateau: lower bound of the lr")
+    eval_every: int | None = _f(help="evaluate val/test every k epochs (and always at the end)")
+    average_last: int | None = _f(
+        help="selection=last: report the mean test metrics of the last k evaluations"
+    )
+    selection: str | None = _f(
+        help=f"one of {list(SELECTIONS)}: which evaluation's test metrics are reported "
+        "(best_val: the best validation score, never test)"
+    )
+    method_lr: float | None = _f(
+        help="learning rate of the method's own parameters (UW's log-variances ...); None = lr"
+    )
+    level: str = _f("auto", help=f"gradient level, one of {list(LEVELS)}; auto = the method's")
+    head_update: str | None = _f(
+        help=f"task-specific parameter rule, one of {list(HEAD_UPDATES)}; None = the method's"
+    )
+    max_steps_per_epoch: int | None = _f(help="cap training steps per epoch (smoke tests)")
+    max_eval_batches: int | None = _f(help="cap batches per evaluation (smoke tests)")
+    eval_batch_size: int | None = _f(help="evaluation batch size; None = batch_size")
+    diagnostics_every: int = _f(
+        10, help="log task weights, gradient norms and cosines every k steps (0 = never)"
+    )
+
+
+#: TrainConfig fields filled from ``bench.protocol`` when None.
+PROTOCOL_FIELDS = (
+    "epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "lr_schedule",
+    "step_size", "gamma", "patience", "min_lr", "eval_every", "average_last", "selection",
+)  # fmt: skip
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything ``mtlx run`` needs: which runs, how to train them, where, with what."""
+
+    benchmark: str = _f(DEFAULT_BENCHMARK, help="benchmark name (mtlx benchmarks lists them)")
+    methods: list[str] = _f(
+        factory=lambda: list(DEFAULT_METHODS),
+        help=f"method names (mtlx methods lists them); '{STL}' trains one model per task",
+    )
+    seeds: list[int] = _f(factory=lambda: [0, 1], help="one run per method and seed")
+    hparams: dict[str, dict[str, Any]] = _f(
+        factory=dict, help="method hyperparameters: {method: {name: value}}"
+    )
+    data_root: str | None = _f(help="dataset root in the benchmark's published layout")
+    bench_options: dict[str, Any] = _f(factory=dict, help="benchmark options (envs.create)")
+    model_options: dict[str, Any] = _f(factory=dict, help="model options (bench.build_model)")
+    trainer_options: dict[str, Any] = _f(
+        factory=dict, help="options of the benchmark kind's trainer (e.g. SAC settings)"
+    )
+    train: TrainConfig = _f(factory=TrainConfig, help="optimisation settings")
+    workers: int = _f(
+        1,
+        help="0: runs in this process, one after another (debugging); 1: each run in its own "
+        "Ray task, as many at once as resources allow; W >= 2: each run on W Ray Train "
+        "workers (exact distributed gradient methods)",
+    )
+    gpus_per_worker: float = _f(0.0, help="GPUs per worker (fractions pack runs on one GPU)")
+    cpus_per_worker: int = _f(1, help="CPUs per worker (also torch threads)")
+    max_concurrent: int | None = _f(help="at most this many runs at once (None: by resources)")
+    max_failures: int = _f(0, help="Ray Train worker-group restarts per run (from checkpoint)")
+    out: str = _f("results", help="results directory (Parquet dataset, checkpoints)")
+    rerun: bool = _f(False, help="rerun finished runs instead of skipping them")
+    ray_address: str | None = _f(help="connect to this Ray cluster ('auto'); None = start one")
+    plugins: list[str] = _f(
+        factory=list, help="modules to import first (they may register methods/benchmarks)"
+    )
+    verbose: bool = _f(False, help="show Ray's own output")
+
+
+# ---------------------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunConfig:
+    """One fully resolved run: what the training function receives (also as a dict)."""
+
+    benchmark: str
+    method: str
+    seed: int
+    hparams: dict[str, Any] = field(default_factory=dict)
+    stl_task: str | None = None
+    data_root: str | None = None
+    bench_options: dict[str, Any] = field(default_factory=dict)
+    model_options: dict[str, Any] = field(default_factory=dict)
+    trainer_options: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    workers: int = 0
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: int = 1
+    out: str = "results"
+    plugins: list[str] = field(default_factory=list)
+    workdir: str = ""
+    trial_id: str | None = None
+    search_id: str | None = None
+
+    @property
+    def world_size(self) -> int:
+        return max(1, self.workers)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the numbers: hashed into the run id.
+
+        Not included: where data and results live, the device, CPUs/GPUs per worker, the
+        plugins. ``workers`` enters only when > 1 (0 and 1 are the same single-process
+        computation; W > 1 drops the last incomplete global batch of an epoch)."""
+        ident: dict[str, Any] = {
+            "benchmark": self.benchmark,
+            "method": self.method,
+            "hparams": self.hparams,
+            "stl_task": self.stl_task,
+            "bench_options": self.bench_options,
+            "model_options": self.model_options,
+            "trainer_options": self.trainer_options,
+            "train": dataclasses.asdict(self.train),
+        }
+        if self.world_size > 1:
+            ident["world_size"] = self.world_size
+        for key in ("trial_id", "search_id"):
+            if getattr(self, key) is not None:
+                ident[key] = getattr(self, key)
+        return _canonical(ident)
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def run_id(self) -> str:
+        parts = [self.benchmark, self.method]
+        if self.stl_task is not None:
+            parts.append(_slug(self.stl_task))
+        parts += [f"s{self.seed}", self.config_hash()]
+        return ".".join(parts)
+
+    @property
+    def label(self) -> str:
+        """Short human label for progress lines."""
+        name = self.method if self.stl_task is None else f"{self.method}[{self.stl_task}]"
+        return f"{name} s{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _canonical(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
+        d = dict(d)
+        d["train"] = TrainConfig(**d.get("train", {}))
+        return cls(**d)
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", s)
+
+
+def _canonical(x: Any) -> Any:
+    """JSON-able, order-stable form (tuples → lists, dict keys → str); rejects the rest."""
+    if isinstance(x, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(x, (list, tuple)):
+        return [_canonical(v) for v in x]
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    raise ConfigError(
+        f"config value {x!r} of type {type(x).__name__} is not plain data "
+        "(use numbers, strings, booleans, lists and mappings)"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Building an ExperimentConfig from YAML / dicts / overrides, with type checks
+# ---------------------------------------------------------------------------------------
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _suggest(key: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{hint}; valid keys: {', '.join(valid)}"
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Check/convert ``value`` to annotation ``tp``; ``ConfigError`` naming ``name``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(name, value, a)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{name}: bad value {value!r}")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return [_coerce(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        return {str(k): _coerce(f"{name}.{k}", v, args[1]) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, prefix=f"{name}.")
+    raise ConfigError(f"{name}: unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise ConfigError(f"unknown config key {prefix + str(key)!r}{_suggest(str(key), names)}")
+        kwargs[key] = _coerce(f"{prefix}{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def experiment_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
+    """An :class:`ExperimentConfig` from plain data (a parsed YAML file)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a config must be a mapping of keys to values, got {type(data).__name__}")
+    return _build(ExperimentConfig, data)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+    return dict(data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=value"`` → (["a", "b"], parsed YAML value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. train.lr=3e-4)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides to plain config data (before type checks)."""
+    top = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    out = json.loads(json.dumps(data, default=str))  # deep copy of plain data
+    for text in overrides:
+        path, value = parse_override(text)
+        if path[0] not in top and path[0] in train_keys and len(path) == 1:
+            path = ["train", *path]
+        if path[0] not in top:
+            raise ConfigError(f"unknown config key {path[0]!r} in override {text!r}"
+                              f"{_suggest(path[0], sorted(top | train_keys))}")
+        node = out
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return out
+
+
+def experiment_to_dict(exp: ExperimentConfig) -> dict[str, Any]:
+    return _canonical(dataclasses.asdict(exp))
+
+
+def help_config() -> str:
+    """Every config key with its help text (``mtlx run --help-config``)."""
+    lines = []
+    for cls, prefix in ((ExperimentConfig, ""), (TrainConfig, "train.")):
+        for f in dataclasses.fields(cls):
+            if f.name == "train" and cls is ExperimentConfig:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            lines.append(f"  {prefix}{f.name} = {default!r}\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,256 @@
+"""Launching an experiment's runs: skip, resume, and execute them in the chosen mode.
+
+``run_experiment(exp)`` validates every run first (:func:`orchestrator.validate.expand`, no
+Ray yet), skips runs whose row in ``<out>/runs`` says ``finished`` (or ``nonfinite``: a
+deterministic rerun would diverge again; ``rerun=True`` clears and repeats them), and runs
+the rest (each resumes from its checkpoint if it has one):
+
+``workers=0``  in this process, one after another (no Ray; debugging, tests);
+``workers=1``  each run is a Ray task holding ``cpus_per_worker`` CPUs (and
+               ``gpus_per_worker`` GPUs; fractions pack runs on a GPU), single-threaded by
+               default; Ray runs as many at once as the resources allow (or
+               ``max_concurrent``). A Ray Train fit per run would cost ~20 s of start-up each
+               (research/ray.md §7); a task costs one Ray start per command (~5-15 s) and
+               one torch import per worker process.
+``workers≥2``  each run is a Ray Train ``TorchTrainer`` fit on W workers
+               (:mod:`orchestrator.ray_train`), launched from a zero-CPU Ray task so that
+               several fits proceed at once when the cluster has room for them.
+
+A local Ray is started (and stopped) by the command unless one is running or
+``ray_address`` names a cluster. Ray's own output is hidden unless ``verbose``.
+
+Measured on the shared 2-core development machine (other jobs kept its load at 3-4), the
+default method set × 2 seeds × 3 epochs of multi_digits (18 runs): ``workers=0`` 66 s,
+``workers=1`` 82 s including ~12 s of Ray start-up — with no idle core, running two at a time
+gains nothing; with idle cores ``workers=1`` runs one run per core, so it is the default.
+Never give a run more torch threads than it has free cores: the same 4 runs took 12 s with one
+thread each and 205 s with two on the loaded 2-core machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from orchestrator.config import ConfigError, ExperimentConfig, RunConfig
+from orchestrator.progress import ProgressBoard, ProgressSink
+from orchestrator.results import ResultsStore
+from orchestrator.train import local_context, train_run
+from orchestrator.validate import expand
+
+FINAL = ("finished", "nonfinite")
+
+
+@dataclass
+class Outcome:
+    """What happened to one run in this invocation."""
+
+    run_id: str
+    label: str
+    status: str  # finished | nonfinite | failed | interrupted | skipped
+    error: str | None = None
+    wall_time_s: float | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def clear_run(out: Path, run_id: str) -> None:
+    """Delete one run's files (for ``rerun``): its row, metrics, diagnostics, checkpoint."""
+    (out / "runs" / f"{run_id}.parquet").unlink(missing_ok=True)
+    for sub in ("metrics", "diagnostics", "checkpoints", "ray"):
+        shutil.rmtree(out / sub / run_id, ignore_errors=True)
+
+
+def plan(exp: ExperimentConfig, workdir: str | None = None) -> tuple[list[RunConfig], list[RunConfig]]:
+    """(runs to execute, finished runs to skip); validates everything first."""
+    runs = expand(exp, workdir)
+    store = ResultsStore(runs[0].out)
+    todo, done = [], []
+    for r in runs:
+        row = store.read_run(r.run_id)
+        if row is not None and row["status"] in FINAL and not exp.rerun:
+            done.append(r)
+        else:
+            todo.append(r)
+    return todo, done
+
+
+def run_experiment(exp: ExperimentConfig, *, stream: TextIO | None = None,
+                   workdir: str | None = None,
+                   on_event: Callable[[dict[str, Any]], None] | None = None) -> list[Outcome]:
+    """Validate, then execute every run of ``exp`` that is not finished yet; returns one
+    :class:`Outcome` per run (skipped ones first, then in ``exp``'s method × seed order)."""
+    todo, done = plan(exp, workdir)
+    out = Path(todo[0].out if todo else done[0].out)
+    board = ProgressBoard(len(todo) + len(done), stream)
+    outcomes = []
+    for r in done:
+        board.skipped(r.label, r.run_id)
+        outcomes.append(Outcome(r.run_id, r.label, "skipped"))
+    if exp.rerun:
+        for r in todo:
+            clear_run(out, r.run_id)
+
+    def handle(event: dict[str, Any]) -> None:
+        board.handle(event)
+        if on_event is not None:
+            on_event(event)
+
+    try:
+        if todo and exp.workers == 0:
+            outcomes += _run_inline(todo, board, handle)
+        elif todo:
+            outcomes += _run_ray(exp, todo, board, handle)
+    finally:
+        board.close()
+    order = {r.run_id: i for i, r in enumerate(done + todo)}
+    return sorted(outcomes, key=lambda o: order[o.run_id])  # plan order, not completion order
+
+
+def _record(board: ProgressBoard, r: RunConfig, summary: dict[str, Any] | None,
+            error: BaseException | None) -> Outcome:
+    if error is not None:
+        msg = _error_text(error)
+        board.finished(r.label, r.run_id, "failed", None, msg)
+        return Outcome(r.run_id, r.label, "failed", msg)
+    assert summary is not None
+    o = Outcome(r.run_id, r.label, summary.get("status", "finished"), summary.get("error"),
+                summary.get("wall_time_s"), summary)
+    board.finished(r.label, r.run_id, o.status, o.wall_time_s, o.error)
+    return o
+
+
+def _error_text(e: BaseException) -> str:
+    """The innermost useful message of an exception (Ray wraps the original one)."""
+    cause = getattr(e, "cause", None) or e.__cause__
+    while cause is not None and cause is not e:
+        e, cause = cause, getattr(cause, "cause", None) or cause.__cause__
+    text = str(e).strip().splitlines()
+    last = text[-1] if text else ""
+    return f"{type(e).__name__}: {last}"
+
+
+# ---------------------------------------------------------------------------------------
+# modes
+# ---------------------------------------------------------------------------------------
+
+
+def _run_inline(todo: list[RunConfig], board: ProgressBoard,
+                handle: Callable[[dict[str, Any]], None]) -> list[Outcome]:
+    outcomes = []
+    for r in todo:
+        try:
+            summary = train_run(r, local_context(r, on_progress=handle))
+        except Exception as e:  # recorded as failed in the runs table; continue with others
+            outcomes.append(_record(board, r, None, e))
+            continue
+        outcomes.append(_record(board, r, summary, None))
+    return outcomes
+
+
+def _task_entry(run: dict[str, Any], sink: Any) -> dict[str, Any]:
+    """Body of a ``workers=1`` Ray task."""
+    cfg = RunConfig.from_dict(run)
+    ctx = local_context(cfg, on_progress=lambda e: sink.push.remote(e))
+    return train_run(cfg, ctx)
+
+
+def _fit_entry(run: dict[str, Any], sink: Any, max_failures: int) -> dict[str, Any]:
+    """Body of the zero-CPU Ray task that drives one ``workers>=2`` Ray Train fit."""
+    from orchestrator import ray_train
+
+    return ray_train.fit(RunConfig.from_dict(run), sink=sink, max_failures=max_failures)
+
+
+def init_ray(address: str | None = None, verbose: bool = False, **kwargs: Any) -> bool:
+    """Start a local Ray (or connect to ``address``); True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, log_to_driver=verbose,
+             logging_level=logging.INFO if verbose else logging.ERROR, **kwargs)
+    return True
+
+
+def _capacity(exp: ExperimentConfig, resources: dict[str, float]) -> int:
+    """How many runs fit at once; ``ConfigError`` if not even one does."""
+    W = max(1, exp.workers)
+    need_cpu = W * exp.cpus_per_worker
+    need_gpu = W * exp.gpus_per_worker
+    have_cpu, have_gpu = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if need_cpu > have_cpu or need_gpu > have_gpu:
+        raise ConfigError(
+            f"one run needs {need_cpu} CPUs and {need_gpu} GPUs ({W} worker(s) × "
+            f"{exp.cpus_per_worker} CPU, {exp.gpus_per_worker} GPU), but the Ray cluster has "
+            f"{have_cpu:g} CPUs and {have_gpu:g} GPUs; fix: fewer workers, cpus_per_worker or "
+            "gpus_per_worker, or a bigger cluster"
+        )
+    n = int(have_cpu // need_cpu)
+    if need_gpu > 0:
+        n = min(n, int(have_gpu // need_gpu))
+    if exp.max_concurrent is not None:
+        n = min(n, exp.max_concurrent)
+    return max(1, n)
+
+
+def _run_ray(exp: ExperimentConfig, todo: list[RunConfig], board: ProgressBoard,
+             handle: Callable[[dict[str, Any]], None]) -> list[Outcome]:
+    import ray
+
+    started = init_ray(exp.ray_address, exp.verbose)
+    try:
+        capacity = _capacity(exp, ray.cluster_resources())
+        sink = ray.remote(num_cpus=0)(ProgressSink).remote()
+        if exp.workers == 1:
+            remote = ray.remote(_task_entry).options(
+                num_cpus=exp.cpus_per_worker, num_gpus=exp.gpus_per_worker, max_retries=0)
+
+            def submit(r: RunConfig):
+                return remote.remote(r.to_dict(), sink)
+        else:
+            remote = ray.remote(_fit_entry).options(num_cpus=0, max_retries=0)
+
+            def submit(r: RunConfig):
+                return remote.remote(r.to_dict(), sink, exp.max_failures)
+
+        queue = list(todo)
+        pending: dict[Any, RunConfig] = {}
+        outcomes = []
+        try:
+            while queue or pending:
+                while queue and len(pending) < capacity:
+                    r = queue.pop(0)
+                    pending[submit(r)] = r
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.25)
+                for ev in ray.get(sink.drain.remote()):
+                    handle(ev)
+                for ref in ready:
+                    r = pending.pop(ref)
+                    try:
+                        outcomes.append(_record(board, r, ray.get(ref), None))
+                    except Exception as e:  # the run failed: others continue
+                        outcomes.append(_record(board, r, None, e))
+            for ev in ray.get(sink.drain.remote()):
+                handle(ev)
+        except KeyboardInterrupt:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        return outcomes
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def describe(outcomes: list[Outcome], stream: TextIO | None = None) -> None:
+    """A one-line summary of an invocation's outcomes."""
+    stream = stream or sys.stderr
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    stream.write("runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + "\n")

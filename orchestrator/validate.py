@@ -1,0 +1,234 @@
+"""Validation: turn an :class:`ExperimentConfig` into checked :class:`RunConfig` s.
+
+Everything that can be known before training is checked here, in the driver, before any Ray
+process starts: names (benchmark, methods, config keys), hyperparameters (through
+``methods.create``, which validates each method's ``Config``; a benchmark's
+``method_hparams`` — its reference runs' settings — apply unless the user sets them, and are
+resolved before run ids are hashed), ranges of the training
+settings, the data root (the benchmark is built and its train loader opened), and the
+method × benchmark capability matrix, which the trainer of the benchmark's ``kind`` checks
+(``orchestrator.supervised.validate``: required model features, gradient level vs. the
+model's shared representation and multi-input data, head-update rule, distributed
+exactness). Each error is a :class:`ConfigError` that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import envs
+import methods
+from orchestrator.config import (
+    HEAD_UPDATES,
+    LEVELS,
+    OPTIMIZERS,
+    PROTOCOL_FIELDS,
+    SCHEDULES,
+    SELECTIONS,
+    STL,
+    ConfigError,
+    ExperimentConfig,
+    RunConfig,
+    TrainConfig,
+)
+from orchestrator.train import trainer_module
+
+
+def import_plugins(plugins: Sequence[str], workdir: str | None = None) -> None:
+    """Import user modules that register methods or benchmarks (``plugins`` key)."""
+    if workdir and workdir not in sys.path:
+        sys.path.insert(0, workdir)
+    for name in plugins:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(
+                f"plugin module {name!r} could not be imported ({e}); fix: make it importable "
+                "from the current directory or PYTHONPATH, or remove it from plugins"
+            ) from None
+
+
+def open_benchmark(name: str, data_root: str | None, options: dict[str, Any]) -> envs.Benchmark:
+    """``envs.create`` with errors turned into fixes (unknown name, options, data root)."""
+    try:
+        envs.get_class(name)
+    except ValueError as e:
+        raise ConfigError(f"{e} (fix: --benchmark NAME; `mtlx benchmarks` lists them)") from None
+    try:
+        return envs.create(name, root=data_root, **options)
+    except (ValueError, TypeError, OSError) as e:
+        raise ConfigError(_data_hint(name, data_root, e)) from None
+
+
+def _data_hint(name: str, data_root: str | None, e: Exception) -> str:
+    where = "no data_root" if data_root is None else f"data_root={data_root!r}"
+    return (
+        f"benchmark {name!r} could not be opened with {where}: {e}\n"
+        "fix: pass --data-root PATH (or data_root: in the YAML) pointing at the dataset in its "
+        "published layout, or correct bench_options"
+    )
+
+
+def resolve_train(train: TrainConfig, protocol: Any) -> TrainConfig:
+    """Fill ``None`` fields from the benchmark protocol (fields it lacks stay ``None``)."""
+    values = dataclasses.asdict(train)
+    for name in PROTOCOL_FIELDS:
+        if values[name] is None:
+            values[name] = getattr(protocol, name, None)
+    return TrainConfig(**values)
+
+
+def check_train(t: TrainConfig) -> None:
+    """Range checks of every set field of a resolved :class:`TrainConfig`."""
+
+    def need(name: str, ok: bool, what: str) -> None:
+        if not ok:
+            raise ConfigError(
+                f"train.{name} must be {what}, got {getattr(t, name)!r} "
+                f"(fix: pass train.{name}=... or leave it unset for the protocol's value)"
+            )
+
+    def pos_int(name: str, low: int = 1) -> None:
+        v = getattr(t, name)
+        if v is not None:
+            need(name, isinstance(v, int) and not isinstance(v, bool) and v >= low,
+                 f"an integer >= {low}")
+
+    def num(name: str, low: float, high: float = math.inf, low_open: bool = False) -> None:
+        v = getattr(t, name)
+        if v is not None:
+            ok = isinstance(v, (int, float)) and math.isfinite(v)
+            ok = ok and (v > low if low_open else v >= low) and v <= high
+            need(name, ok, f"in {'(' if low_open else '['}{low}, {high}]")
+
+    def choice(name: str, choices: Sequence[str], optional: bool = True) -> None:
+        v = getattr(t, name)
+        if v is None and optional:
+            return
+        need(name, v in choices, f"one of {list(choices)}")
+
+    pos_int("patience", 0)
+    for name in ("epochs", "steps", "batch_size", "step_size", "eval_every", "average_last",
+                 "max_steps_per_epoch", "max_eval_batches", "eval_batch_size"):
+        pos_int(name)
+    pos_int("diagnostics_every", 0)
+    num("lr", 0.0, low_open=True)
+    num("method_lr", 0.0, low_open=True)
+    num("weight_decay", 0.0)
+    num("min_lr", 0.0)
+    num("momentum", 0.0, 1.0)
+    num("gamma", 0.0, 1.0, low_open=True)
+    choice("optimizer", OPTIMIZERS)
+    choice("lr_schedule", SCHEDULES)
+    choice("selection", SELECTIONS)
+    choice("level", LEVELS, optional=False)
+    choice("head_update", HEAD_UPDATES)
+
+
+def check_resources(exp: ExperimentConfig) -> None:
+    if exp.workers < 0:
+        raise ConfigError(f"workers must be >= 0, got {exp.workers} (0: in-process, 1: Ray "
+                          "tasks, W >= 2: Ray Train with W workers)")
+    if exp.cpus_per_worker < 1:
+        raise ConfigError(f"cpus_per_worker must be >= 1, got {exp.cpus_per_worker}")
+    if not (exp.gpus_per_worker >= 0 and math.isfinite(exp.gpus_per_worker)):
+        raise ConfigError(f"gpus_per_worker must be >= 0, got {exp.gpus_per_worker}")
+    if exp.workers >= 2 and 0 < exp.gpus_per_worker < 1:
+        raise ConfigError(
+            f"gpus_per_worker={exp.gpus_per_worker} with workers={exp.workers}: distributed "
+            "(NCCL) workers need whole GPUs; fix: gpus_per_worker=1, or workers=1 to pack "
+            "several single-process runs on one GPU"
+        )
+    if exp.workers == 0 and exp.gpus_per_worker > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("gpus_per_worker > 0 with workers=0 needs a CUDA device in this "
+                              "process; none is visible (fix: gpus_per_worker=0, or run on a "
+                              "GPU machine / with workers >= 1 on a GPU cluster)")
+    if exp.max_concurrent is not None and exp.max_concurrent < 1:
+        raise ConfigError(f"max_concurrent must be >= 1, got {exp.max_concurrent}")
+    if exp.max_failures < -1:
+        raise ConfigError(f"max_failures must be >= -1 (-1 = unlimited), got {exp.max_failures}")
+
+
+def _check_names(exp: ExperimentConfig) -> None:
+    if not exp.methods:
+        raise ConfigError("methods is empty; fix: --methods ew,pcgrad (`mtlx methods` lists them)")
+    if len(set(exp.methods)) != len(exp.methods):
+        raise ConfigError(f"methods lists a name twice: {exp.methods}")
+    for name in exp.methods:
+        if name == STL:
+            continue
+        try:
+            methods.get_class(name)
+        except ValueError as e:
+            raise ConfigError(f"{e} (or '{STL}' for single-task baselines)") from None
+    stray = sorted(set(exp.hparams) - set(exp.methods))
+    if stray:
+        raise ConfigError(
+            f"hparams given for {stray}, which are not in methods {exp.methods}; fix: add them "
+            "to methods or remove their hparams"
+        )
+    if not exp.seeds:
+        raise ConfigError("seeds is empty; fix: --seeds 0,1,2")
+    if len(set(exp.seeds)) != len(exp.seeds) or any(s < 0 for s in exp.seeds):
+        raise ConfigError(f"seeds must be distinct non-negative integers, got {exp.seeds}")
+
+
+def expand(exp: ExperimentConfig, workdir: str | None = None) -> list[RunConfig]:
+    """Validate ``exp`` completely and return its runs (one per method × seed, STL: × task)."""
+    workdir = workdir or os.getcwd()
+    import_plugins(exp.plugins, workdir)
+    check_resources(exp)
+    _check_names(exp)
+    data_root = str(Path(exp.data_root).expanduser().resolve()) if exp.data_root else None
+    bench = open_benchmark(exp.benchmark, data_root, exp.bench_options)
+    train = resolve_train(exp.train, bench.protocol)
+    check_train(train)
+    num_tasks = len(bench.tasks)
+    out = str(Path(exp.out).expanduser().resolve())
+    common = dict(
+        benchmark=exp.benchmark, data_root=data_root, bench_options=dict(exp.bench_options),
+        model_options=dict(exp.model_options), trainer_options=dict(exp.trainer_options),
+        train=train, workers=exp.workers, gpus_per_worker=exp.gpus_per_worker,
+        cpus_per_worker=exp.cpus_per_worker, out=out, plugins=list(exp.plugins),
+        workdir=workdir,
+    )  # fmt: skip
+    runs = []
+    for name in exp.methods:
+        if name == STL:
+            runs += [RunConfig(method=STL, seed=s, stl_task=t, **common)
+                     for t in bench.tasks for s in exp.seeds]
+            continue
+        # the benchmark's reference-run hyperparameters (``method_hparams``, e.g. CAGrad's c on
+        # MT10), then the user's: resolved before the run id is hashed
+        hp = {**getattr(bench, "method_hparams", {}).get(name, {}), **exp.hparams.get(name, {})}
+        try:
+            m = methods.create(name, num_tasks, **hp)
+        except ValueError as e:
+            raise ConfigError(f"{e} (fix: hparams.{name}.<name>=<value>)") from None
+        runs += [RunConfig(method=name, seed=s, hparams=m.hparams(), **common) for s in exp.seeds]
+    kind = getattr(type(bench), "kind", "supervised")
+    try:
+        trainer = trainer_module(kind)
+    except ImportError as e:
+        raise ConfigError(f"benchmark {exp.benchmark!r} (kind {kind!r}) needs a trainer that "
+                          f"could not be imported: {e}") from None
+    if hasattr(trainer, "validate"):
+        try:
+            trainer.validate(runs, bench)
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    ids = [r.run_id for r in runs]
+    assert len(set(ids)) == len(ids), "run ids must be unique"
+    return runs
