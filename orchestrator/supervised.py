@@ -333,17 +333,23 @@ class _Step:
         self.model.eval()
         ev = self.bench.new_evaluator()
         loader = self.bench.make_loader(split, t.eval_batch_size or t.batch_size, shuffle=False)
-        sums, n = torch.zeros(len(self.tasks), dtype=torch.float64), 0
+        # Per-task counts: multi-input benchmarks (Office) give a task whose data ran out a
+        # NaN loss in the remaining batches; average each task over its own batches only.
+        sums = torch.zeros(len(self.tasks), dtype=torch.float64)
+        counts = torch.zeros(len(self.tasks), dtype=torch.float64)
         for i, batch in enumerate(loader):
             if t.max_eval_batches is not None and i >= t.max_eval_batches:
                 break
             batch = self.bench.to_device(batch, self.ctx.device)
             fwd = self.forward(batch)
             ev.update(fwd, batch)
-            sums += fwd.losses.detach().double().cpu()
-            n += 1
+            batch_losses = fwd.losses.detach().double().cpu()
+            present = torch.isfinite(batch_losses)
+            sums += torch.where(present, batch_losses, 0.0)
+            counts += present.double()
         self.model.train()
-        losses = {task: float(sums[i] / max(n, 1)) for i, task in enumerate(self.tasks)}
+        losses = {task: float(sums[i] / counts[i]) if counts[i] > 0 else float("nan")
+                  for i, task in enumerate(self.tasks)}
         return ev.compute(), losses
 
 
