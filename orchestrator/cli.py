@@ -157,8 +157,8 @@ def cmd_methods(_: argparse.Namespace) -> int:
 
     for name in methods.available():
         cls = methods.get_class(name)
-        kind = "gradient" if cls.requires_grads else "loss"
-        caps = [kind, f"level={cls.default_level if cls.requires_grads else 'param'}"]
+        # loss-weighting methods take no gradients: "level" only means something for the others
+        caps = [f"gradient, level={cls.default_level}" if cls.requires_grads else "loss weighting"]
         if cls.supports_rep_grads:
             caps.append("rep-capable")
         if cls.stateful:
