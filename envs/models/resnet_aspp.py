@@ -46,7 +46,6 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.resnet import Bottleneck, conv1x1
 
 from envs.base import MTLModel
 
@@ -74,7 +73,7 @@ class DilatedResNet(nn.Module):
         self.layer2 = self._make_layer(planes[1], layers[1], stride=2)
         self.layer3 = self._make_layer(planes[2], layers[2], stride=2, dilate=True)
         self.layer4 = self._make_layer(planes[3], layers[3], stride=2, dilate=True)
-        self.out_channels = planes[3] * Bottleneck.expansion
+        self.out_channels = planes[3] * 4  # torchvision Bottleneck.expansion
         for m in self.modules():  # torchvision ResNet init
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -83,6 +82,9 @@ class DilatedResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilate: bool = False):
+        # imported here: torchvision takes seconds to import and most runs never need it
+        from torchvision.models.resnet import Bottleneck, conv1x1
+
         # torchvision ResNet._make_layer: a dilated layer trades its stride for dilation,
         # and its first block keeps the previous dilation.
         previous_dilation = self.dilation
