@@ -5,6 +5,8 @@
     mtlx run [CONFIG.yaml] [--benchmark B] [--methods m1,m2] [--seeds 0,1,2] [--epochs N]
              [--workers W] [--gpus-per-worker G] [--data-root PATH] [--out DIR] [key=value ...]
     mtlx report RESULTS_DIR [--format markdown|csv] [--plots DIR] [--benchmark B]
+    mtlx tune [--benchmark B] [--method M] [--trials N] [--metric val_delta_m] [--scheduler asha|none]
+              [--workers-per-trial W] [--gpus-per-trial G] [--max-concurrent K] [--resume] [--out DIR]
     mtlx methods
     mtlx benchmarks
 
@@ -33,6 +35,7 @@ from orchestrator.config import (
     help_config,
     load_yaml,
 )
+from orchestrator.tune import add_tune_subparser, main_tune, plot_search, tune_report
 
 #: CLI flag → config key (flags override the YAML file)
 FLAGS = {
@@ -45,7 +48,7 @@ FLAGS = {
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mtlx", description="Multi-task learning experiments on Ray.")
-    sub = p.add_subparsers(dest="command", metavar="{run,report,methods,benchmarks}")
+    sub = p.add_subparsers(dest="command", metavar="{run,report,tune,methods,benchmarks}")
     r = sub.add_parser("run", help="train methods on a benchmark and print the report",
                        description="Train runs (method × seed) and print the ranked report. "
                                    "Without arguments: the embedded multi_digits demo.")
@@ -78,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--benchmark", help="only this benchmark")
     sub.add_parser("methods", help="list the methods with their hyperparameters")
     sub.add_parser("benchmarks", help="list the benchmarks with tasks and protocols")
+    add_tune_subparser(sub)
     return p
 
 
@@ -134,14 +138,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import Results, plot_all, report_text
 
+    # ordinary runs: the ranked method tables; searches (mtlx tune): their own section
+    searches = tune_report(args.results, fmt=args.format)
     try:
         res = Results.load(args.results)
-        text = report_text(res, args.benchmark, args.format)
+        text = report_text(res, args.benchmark, args.format) if len(res.runs) or not searches else ""
     except ValueError as e:
         raise ConfigError(str(e)) from None
     print(text, end="")
+    if searches:
+        print(("\n" if text else "") + searches, end="")
     if args.plots:
-        files = plot_all(res, args.plots, args.benchmark)
+        files = plot_all(res, args.plots, args.benchmark) if len(res.runs) else []
+        files += plot_search(args.results, args.plots)
         print(f"wrote {len(files)} plot(s) to {args.plots}/", file=sys.stderr)
     return 0
 
@@ -202,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = {"run": cmd_run, "report": cmd_report, "methods": cmd_methods,
-               "benchmarks": cmd_benchmarks}[args.command]
+               "benchmarks": cmd_benchmarks, "tune": main_tune}[args.command]
     try:
         return handler(args)
     except ConfigError as e:

@@ -48,13 +48,23 @@ class Results:
     diagnostics: pd.DataFrame
 
     @classmethod
-    def load(cls, root: str | Path) -> Results:
+    def load(cls, root: str | Path, *, include_trials: bool = False) -> Results:
+        """The results under ``root``. Search trials (runs with a ``search_id``, written by
+        ``mtlx tune``) are left out unless ``include_trials``: their sampled hyperparameters
+        differ from run to run, so they do not belong in a method-vs-method table."""
         root = Path(root)
         if not (root / "runs").is_dir():
             raise ValueError(f"{str(root)!r} is not an mtlx results directory (no runs/ inside); "
                              "fix: pass the --out directory of `mtlx run`")
-        return cls(read_table(root, "runs"), read_table(root, "metrics"),
-                   read_table(root, "diagnostics"))
+        runs = read_table(root, "runs")
+        metrics, diags = read_table(root, "metrics"), read_table(root, "diagnostics")
+        if not include_trials and "search_id" in runs.columns and len(runs):
+            trial = runs["search_id"].fillna("").astype(str) != ""
+            keep = set(runs.loc[~trial, "run_id"])
+            runs = runs[~trial]
+            metrics = metrics[metrics["run_id"].isin(keep)] if len(metrics) else metrics
+            diags = diags[diags["run_id"].isin(keep)] if len(diags) else diags
+        return cls(runs, metrics, diags)
 
 
 @dataclass
