@@ -133,13 +133,17 @@ class DBMTL(Method):
                 f"{tuple(self.grad_buffer.shape)}; the shared parameters changed between steps "
                 "(call reset() to start a new EMA)"
             )
-        if not torch.isfinite(g).all():
+        # One read pass instead of a T×P boolean mask: a NaN/inf anywhere makes its row's norm
+        # non-finite. Checked before the EMA so a bad step never pollutes the buffer.
+        if not torch.isfinite(g.norm(dim=1)).all():
             raise ValueError("db_mtl: non-finite per-task gradients (NaN or inf)")
         k = self.step_count + 1
         b = self.config.beta / k**self.config.beta_sigma
-        buf = self.grad_buffer.to(g)
-        buf = g + b * (buf - g)  # LibMTL's form of b·ĝ + (1 − b)·g
-        self.grad_buffer = buf.to(self.grad_buffer)
+        if self.grad_buffer.dtype != g.dtype or self.grad_buffer.device != g.device:
+            self.grad_buffer = self.grad_buffer.to(g)
+        # ĝ ← b·ĝ + (1 − b)·g in place (LibMTL writes g + b·(ĝ − g): equal up to rounding);
+        # the buffer is T×P, so temporaries of that size would dominate the step's cost.
+        buf = self.grad_buffer.lerp_(g, 1.0 - b)
         norms = buf.norm(dim=1)
         gamma = common_norm(norms, self.config.gamma, self.config.gamma_value)
         a = gamma / (norms + LOG_EPS)

@@ -168,6 +168,18 @@ def _write_grads(params: Sequence[Tensor], flat: Tensor) -> None:
         p.grad = g.view_as(p).to(p.dtype)
 
 
+def _set_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None], W: int) -> None:
+    """Set ``p.grad``; under torch.distributed mean-all-reduce them in one flat collective.
+    Single-process, the autograd results are used as they are (no flat copy)."""
+    if W > 1:
+        flat = _flat_grads(params, grads)
+        _all_reduce_mean_(flat)
+        _write_grads(params, flat)
+        return
+    for p, g in zip(params, grads):
+        p.grad = torch.zeros_like(p) if g is None else g
+
+
 def _flat_grads(params: Sequence[Tensor], grads: Iterable[Tensor | None]) -> Tensor:
     return torch.cat(
         [
@@ -216,8 +228,8 @@ def backward(
     the method's own learnable parameters are added automatically.
     ``rep``: the shared representation (encoder output), needed for ``level='rep'``;
     ``level='auto'`` uses the method's ``default_level``.
-    ``diagnostics``: also return per-task gradient norms and pairwise cosines (costs one
-    T×P Gramian on the loss path... and nothing extra on gradient paths).
+    ``diagnostics``: also return per-task gradient norms and pairwise cosines (a T×T×P
+    Gramian on the param path; T extra backward passes on the loss path; free at rep level).
     """
     T = method.num_tasks
     if losses.dim() != 1 or losses.shape[0] != T:
@@ -252,7 +264,7 @@ def backward(
         return _rep_path(method, losses, transformed, shared, others, rep, rule, context,
                          jacobian_mode, W)
     return _param_path(method, losses, transformed, shared, others, rule, context,
-                       jacobian_mode, W)
+                       jacobian_mode, W, diagnostics)
 
 
 def after_step(method: Method, losses: Tensor) -> None:
@@ -286,15 +298,12 @@ def _loss_path(method, losses, transformed, shared, others, rule, context, diagn
                                   retain_graph=split < len(params), allow_unused=True))
     if split < len(params):
         gs += torch.autograd.grad(transformed.sum(), params[split:], allow_unused=True)
-    flat = _flat_grads(params, gs)
-    if W > 1:
-        _all_reduce_mean_(flat)
-    _write_grads(params, flat)
+    _set_grads(params, gs, W)
     _clip_(shared, agg.max_norm, info)
     return StepResult("loss", losses.detach(), w.detach(), norms, cos, info)
 
 
-def _param_path(method, losses, transformed, shared, others, rule, context, mode, W):
+def _param_path(method, losses, transformed, shared, others, rule, context, mode, W, diagnostics):
     n_sh = _numel(shared)
     J = jacobian(transformed, shared + others.params, mode=mode)
     if W > 1:
@@ -309,7 +318,8 @@ def _param_path(method, losses, transformed, shared, others, rule, context, mode
         _write_grads(others.params, others.combine(J[:, n_sh:], w, rule))
     info = dict(agg.info)
     _clip_(shared, agg.max_norm, info)
-    norms, cos = _diagnostics(G @ G.T)
+    # The Gramian costs a T×T×P product: only on the steps the caller logs.
+    norms, cos = _diagnostics(G @ G.T) if diagnostics else (None, None)
     return StepResult("param", losses.detach(), w.detach(), norms, cos, info)
 
 
@@ -337,13 +347,12 @@ def _rep_path(method, losses, transformed, shared, others, rep, rule, context, m
         d_rep = agg.direction if agg.direction is not None else w @ R
         info, max_norm = dict(agg.info), agg.max_norm
         K = R @ R.T
-    gs = torch.autograd.grad(rep, shared, grad_outputs=d_rep.view_as(rep), allow_unused=True)
-    flat = _flat_grads(shared, gs)
+    gs = list(torch.autograd.grad(rep, shared, grad_outputs=d_rep.view_as(rep), allow_unused=True))
     if others.params:
-        flat = torch.cat([flat, others.combine(R_all[:, n_rep:], w, rule)])
-    if W > 1:
-        _all_reduce_mean_(flat)
-    _write_grads(shared + others.params, flat)
+        head = others.combine(R_all[:, n_rep:], w, rule)
+        sizes = [p.numel() for p in others.params]
+        gs += [g.view_as(p).to(p.dtype) for p, g in zip(others.params, torch.split(head, sizes))]
+    _set_grads(shared + others.params, gs, W)
     _clip_(shared, max_norm, info)
     norms, cos = _diagnostics(K)
     return StepResult("rep", losses.detach(), w.detach(), norms, cos, info)

@@ -4,8 +4,8 @@
 
     mtlx tune [CONFIG.yaml] [--benchmark B] [--method M] [--trials N] [--metric val_delta_m]
               [--scheduler asha|none] [--workers-per-trial W] [--gpus-per-trial G]
-              [--max-concurrent K] [--seed S] [--epochs E] [--resume | --fresh] [--out DIR]
-              [space.NAME=SPEC ...] [key=value ...]
+              [--max-concurrent K] [--seed S] [--epochs E | --steps N] [--resume | --fresh]
+              [--out DIR] [space.NAME=SPEC ...] [key=value ...]
 
 Without arguments it searches DB-MTL's EMA β, β-decay σ and γ strategy (the method's declared
 space) on the embedded ``multi_digits`` benchmark: 12 trials, the first being the default
@@ -46,7 +46,7 @@ choice needs (DB-MTL's ``gamma=constant`` needs ``gamma_value``) and the metric.
 
 Objective (validation only, never test)
 ---------------------------------------
-``--metric``: ``val_delta_m`` (Δm% on the validation split against the benchmark's
+``--metric`` (RL benchmarks: see below): ``val_delta_m`` (Δm% on the validation split against the benchmark's
 single-task reference; the default when there is one), ``val_loss`` (mean per-task validation
 loss; the default otherwise) or ``val/<task>/<metric>`` (any validation metric; maximised if
 higher is better). Trials evaluate every epoch (``train.eval_every`` other than 1 is refused)
@@ -67,8 +67,29 @@ Benchmarks without a validation split (NYUv2, Cityscapes in the MTAN release) ge
 of train: 10% of the training samples (at least 1) via the benchmark's ``val_size`` option —
 a fixed random subset that does not depend on the run seed (``envs/_dense.py``). The best
 configuration written for ``mtlx run`` trains on the full train split again (the user's own
-``bench_options`` only). A benchmark with neither is refused, and so are RL benchmarks (MT10's
-evaluation episodes are its reported numbers, not a validation split).
+``bench_options`` only). A benchmark with neither is refused.
+
+RL benchmarks (``kind == "rl"``: ``mt10``, ``mt1``)
+---------------------------------------------------
+``mtlx tune --benchmark mt10 --method cagrad --steps N`` searches CAGrad's c (IMGrad: α; any
+declared or given dimension, plus ``train.lr``/``train.method_lr``; weight decay and momentum
+are refused: SAC uses plain Adam) with the same trials, tables and best.yaml. The objective is
+``--metric val_success`` (the default): the mean over tasks of the success of the
+deterministic evaluation episodes the trainer runs every ``train.eval_every`` **loop steps**
+(the protocol's 30,000 unless set) and at the end of ``train.steps``, maximised;
+``val_return`` (mean return) and ``val/<task>/success|return`` are the alternatives.
+Supervised-only objectives (``val_loss``, ``val_delta_m``) and anything on test are refused.
+There is no held-out split: MT10 papers evaluate on the training tasks, so the evaluation
+episodes (metric rows ``split="eval"``) are the validation; the untrained step-0 evaluation is
+not part of the objective. The selection rule is the same (``selection=last``: the mean of the
+last ``train.average_last`` evaluations, 1 by default; ``best_val``: the best so far — the
+"best over training" number CAGrad/Nash-MTL publish). ASHA's time axis (``epochs_done``) is
+the number of evaluations done, ``max_t`` = ⌈steps / eval_every⌉ + 1 (with the step-0 one),
+grace period a quarter of that. The benchmark's reference hyperparameters
+(``envs.mt10.METHOD_HPARAMS``: CAGrad c = 0.9, ...) make the default trial t0000 — they are
+the base run's values, which a trial's sampled values replace — and best.yaml carries the full
+hyperparameters of the best trial, so ``mtlx run`` uses the sampled c, not the reference
+one.
 
 Execution (research/ray.md §3, §4, §8)
 --------------------------------------
@@ -160,6 +181,11 @@ TRAIN_SEARCHABLE = ("lr", "weight_decay", "momentum", "method_lr")
 HELD_OUT_FRACTION = 0.1
 OBJECTIVE = "objective"  # the key Tune, ASHA and Optuna optimise
 TIME_ATTR = "epochs_done"  # ASHA's time axis (survives trial restarts, unlike iterations)
+#: objectives of RL benchmarks (kind "rl"): the mean over tasks of the evaluation episodes'
+#: success / return (maximised); ``val/<task>/<metric>`` is also accepted
+RL_METRICS = ("val_success", "val_return")
+#: training fields an RL trainer (SAC: Adam, no weight decay) does not use
+RL_UNSEARCHABLE = ("weight_decay", "momentum")
 
 
 # ---------------------------------------------------------------------------------------
@@ -474,14 +500,19 @@ class Objective:
     out: str
     run_id: str
     values: dict[int, float] = field(default_factory=dict)
+    split: str = "val"  # the metric rows' split: "val", or "eval" for RL benchmarks
 
     def value(self, epoch: int, val: Mapping[str, Mapping[str, float]] | None) -> float | None:
         """The metric at one evaluation; ``val`` = {task: {metric: value}} (None: read the
         run's Parquet rows of that epoch)."""
         if self.metric == "val_loss" or val is None:
-            val = epoch_values(self.out, self.run_id, epoch)
+            val = epoch_values(self.out, self.run_id, epoch, self.split)
         if not val:
             return None
+        if self.metric in RL_METRICS:  # mean over tasks of the evaluation episodes
+            name = self.metric.removeprefix("val_")
+            got = [val[t][name] for t in self.spec if name in val.get(t, {})]
+            return sum(got) / len(got) if len(got) == len(self.spec) else None
         if self.metric == "val_delta_m":
             from envs.metrics import delta_m
 
@@ -525,7 +556,9 @@ class Objective:
         rows = run_metric_rows(self.out, self.run_id)
         if rows is None:
             return None
-        val = rows[rows.split == "val"]
+        val = rows[rows.split == self.split]
+        if self.split == "eval":  # the RL trainer's step-0 evaluation is never reported
+            val = val[(val.step > 0) & (val.task != "")]
         for epoch in sorted(set(val.epoch)):
             v = self.value(int(epoch), _nested(val[val.epoch == epoch]))
             if v is not None and math.isfinite(v):
@@ -553,12 +586,15 @@ def run_metric_rows(out: str | Path, run_id: str):
     return ds.dataset(files, schema=METRIC_SCHEMA, format="parquet").to_table().to_pandas()
 
 
-def epoch_values(out: str | Path, run_id: str, epoch: int) -> dict[str, dict[str, float]]:
-    """{task: {metric: value}} of the validation rows one evaluation wrote (incl. ``loss``)."""
+def epoch_values(out: str | Path, run_id: str, epoch: int,
+                 split: str = "val") -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} of the validation rows one evaluation wrote (incl. ``loss``;
+    ``split="eval"``: an RL evaluation's per-task rows)."""
     rows = run_metric_rows(out, run_id)
     if rows is None:
         return {}
-    return _nested(rows[(rows.split == "val") & (rows.epoch == epoch)])
+    sel = rows[(rows.split == split) & (rows.epoch == epoch)]
+    return _nested(sel[sel.task != ""] if split == "eval" else sel)
 
 
 def metric_choices(bench: Any) -> tuple[list[str], str | None]:
@@ -566,6 +602,10 @@ def metric_choices(bench: Any) -> tuple[list[str], str | None]:
     from envs.metrics import delta_m
 
     spec = dict(bench.metrics)
+    if _kind(bench) == "rl":
+        why = (f"{bench.name!r} is an RL benchmark: it is scored by evaluation episodes, not by "
+               "a validation split's loss or Δm")
+        return [*RL_METRICS, *(f"val/{t}/{m.name}" for t, ms in spec.items() for m in ms)], why
     names = []
     why = None
     ref = bench.stl_reference
@@ -586,11 +626,15 @@ def metric_choices(bench: Any) -> tuple[list[str], str | None]:
 def resolve_metric(metric: str | None, bench: Any) -> tuple[str, str]:
     """(metric, mode), or ``ConfigError`` listing the valid metrics."""
     names, why = metric_choices(bench)
+    rl = _kind(bench) == "rl"
     if metric is None:
-        metric = "val_delta_m" if "val_delta_m" in names else "val_loss"
+        metric = RL_METRICS[0] if rl else "val_delta_m" if "val_delta_m" in names else "val_loss"
     if metric not in names:
-        if metric == "val_delta_m":
-            msg = f"--metric val_delta_m is not available: {why}"
+        if metric == "val_delta_m" or (rl and metric == "val_loss"):
+            msg = f"--metric {metric} is not available: {why}"
+        elif metric in RL_METRICS:
+            msg = (f"--metric {metric} is for RL benchmarks (mean evaluation {metric[4:]}); "
+                   f"{bench.name!r} is supervised")
         elif metric.startswith("test"):
             msg = (f"--metric {metric!r} would select hyperparameters on the test split, "
                    "which mtlx never does")
@@ -603,7 +647,20 @@ def resolve_metric(metric: str | None, bench: Any) -> tuple[str, str]:
         _, task, name = metric.split("/", 2)
         hib = next(m.higher_is_better for m in bench.metrics[task] if m.name == name)
         return metric, "max" if hib else "min"
-    return metric, "min"
+    return metric, "max" if metric in RL_METRICS else "min"
+
+
+def _kind(bench: Any) -> str:
+    return getattr(type(bench), "kind", "supervised")
+
+
+def rl_evaluations(run: RunConfig) -> int:
+    """How many evaluations an RL run makes (ASHA's ``max_t``): one every ``eval_every``
+    loop steps, one at the end, plus the untrained one at step 0 (``eval_at_start``)."""
+    from orchestrator.train import trainer_module
+
+    scfg = trainer_module("rl").sac_config(run)
+    return -(-scfg.steps // scfg.eval_every) + int(scfg.eval_at_start)
 
 
 # ---------------------------------------------------------------------------------------
@@ -629,6 +686,7 @@ class Search:
     notes: list[str] = field(default_factory=list)
     resume: bool = False
     fresh: bool = False
+    kind: str = "supervised"  # the benchmark's kind ("rl": evaluations, not epochs)
 
     @property
     def search_id(self) -> str:
@@ -645,7 +703,14 @@ class Search:
 
     @property
     def epochs(self) -> int:
+        """ASHA's ``max_t``: the epochs of a trial, or for RL its evaluations."""
+        if self.kind == "rl":
+            return rl_evaluations(self.base)
         return int(self.base.train.epochs)
+
+    @property
+    def unit(self) -> str:
+        return "evaluations" if self.kind == "rl" else "epochs"
 
     @property
     def grace_period(self) -> int:
@@ -708,19 +773,22 @@ def build_search(data: Mapping[str, Any], overrides: Sequence[str] = (), *,
         mcls = methods.get_class(method)
     except ValueError as e:
         raise ConfigError(f"{e} (fix: --method NAME)") from None
-    if exp.train.eval_every not in (None, 1):
-        raise ConfigError("tune trials evaluate every epoch (the objective drives ASHA and TPE "
-                          f"per epoch); remove train.eval_every={exp.train.eval_every}")
 
-    # the benchmark: validation split, or a documented held-out part of train
+    # the benchmark: validation split, or a documented held-out part of train; RL benchmarks
+    # are scored by their evaluation episodes (every train.eval_every loop steps)
     data_root = str(Path(exp.data_root).expanduser().resolve()) if exp.data_root else None
     bench = open_benchmark(exp.benchmark, data_root, exp.bench_options)
-    if getattr(type(bench), "kind", "supervised") != "supervised":
-        raise ConfigError(f"mtlx tune needs a supervised benchmark with a validation split; "
-                          f"{exp.benchmark!r} is of kind {type(bench).kind!r}")
+    kind = _kind(bench)
+    if kind not in ("supervised", "rl"):
+        raise ConfigError(f"mtlx tune supports supervised and RL benchmarks; {exp.benchmark!r} "
+                          f"is of kind {kind!r}")
+    rl = kind == "rl"
+    if not rl and exp.train.eval_every not in (None, 1):
+        raise ConfigError("tune trials evaluate every epoch (the objective drives ASHA and TPE "
+                          f"per epoch); remove train.eval_every={exp.train.eval_every}")
     held_out: dict[str, Any] = {}
     notes: list[str] = []
-    if "val" not in bench.splits:
+    if not rl and "val" not in bench.splits:
         if "val_size" not in type(bench).options or "val_size" in exp.bench_options:
             raise ConfigError(
                 f"benchmark {exp.benchmark!r} has no validation split (splits "
@@ -740,17 +808,24 @@ def build_search(data: Mapping[str, Any], overrides: Sequence[str] = (), *,
         key = canonical_key(str(name), method)
         if key in parsed:
             raise ConfigError(f"space.{name}: {key!r} is given twice")
-        kind, payload, cond = parse_spec(str(name), spec)
-        parsed[key] = (kind, payload, cond, f"space.{name}={spec}")
+        if rl and key.removeprefix("train.") in RL_UNSEARCHABLE and key.startswith("train."):
+            raise ConfigError(f"space.{name}: {exp.benchmark!r} trains SAC with Adam and no "
+                              f"weight decay, so {key} has no effect; searchable training "
+                              "fields for RL: train.lr, train.method_lr")
+        sk, payload, cond = parse_spec(str(name), spec)
+        parsed[key] = (sk, payload, cond, f"space.{name}={spec}")
     fixed_hp = {k: v for k, (kind, v, _, _) in parsed.items() if kind == _FIXED and "." not in k}
     fixed_train = {k.removeprefix("train."): v for k, (kind, v, _, _) in parsed.items()
                    if kind == _FIXED and k.startswith("train.")}
 
-    # the base run: one method, the search seed, trials evaluate every epoch
+    # the base run: one method, the search seed, trials evaluate every epoch (RL: every
+    # train.eval_every loop steps, the protocol's unless set). The benchmark's method_hparams
+    # (MT10's CAGrad c = 0.9 ...) fill the base run in expand; sampled values replace them.
     run_exp = dataclasses.replace(
         exp, methods=[method], seeds=[settings.seed],
         hparams={method: {**exp.hparams.get(method, {}), **fixed_hp}},
-        train=dataclasses.replace(exp.train, eval_every=1, **fixed_train),
+        train=dataclasses.replace(exp.train, **({} if rl else {"eval_every": 1}),
+                                  **fixed_train),
         bench_options={**exp.bench_options, **held_out},
         workers=settings.workers_per_trial if settings.workers_per_trial > 1 else 0,
         gpus_per_worker=settings.gpus_per_trial / settings.workers_per_trial,
@@ -788,15 +863,15 @@ def build_search(data: Mapping[str, Any], overrides: Sequence[str] = (), *,
         metric=metric, mode=mode, selection=base.train.selection or "last",
         average_last=base.train.average_last or 1,
         spec={t: list(ms) for t, ms in bench.metrics.items()},
-        reference=None if bench.stl_reference is None
+        reference=None if getattr(bench, "stl_reference", None) is None
         else {t: dict(v) for t, v in bench.stl_reference.items()},
-        out=base.out, run_id="",
+        out=base.out, run_id="", split="eval" if rl else "val",
     )  # fmt: skip
     return Search(exp=dataclasses.replace(exp, methods=[method]), settings=settings,
                   method=method, base=base, params=params, metric=metric, mode=mode,
                   default_point=default_point if settings.include_default else None,
                   objective=objective, held_out=held_out, fixed_train=fixed_train,
-                  notes=notes, resume=resume, fresh=fresh)
+                  notes=notes, resume=resume, fresh=fresh, kind=kind)
 
 
 def _count(loader: Any) -> int:
@@ -864,7 +939,8 @@ def _check_space(params: Sequence[Param], base: RunConfig, bench: Any, method: s
     from orchestrator.train import trainer_module
     from orchestrator.validate import check_train
 
-    trainer = trainer_module("supervised")
+    rl = _kind(bench) == "rl"
+    trainer = trainer_module(_kind(bench))
     center = {p.key: _center(p.dim, defaults.get(p.key)) for p in params if p.when is None}
     point = _complete(params, center, defaults)
     try:
@@ -888,7 +964,9 @@ def _check_space(params: Sequence[Param], base: RunConfig, bench: Any, method: s
                 make_config(method, **run.hparams)
                 check_train(run.train)
                 blob = json.dumps(run.hparams, sort_keys=True, default=str)
-                if isinstance(p.dim, (sp.Choice, sp.IntUniform)) and blob not in checked:
+                if rl:  # cheap (no data): every candidate, incl. training fields
+                    trainer.validate([run], bench)
+                elif isinstance(p.dim, (sp.Choice, sp.IntUniform)) and blob not in checked:
                     checked.add(blob)
                     trainer.validate([run], bench)
             except ValueError as e:
@@ -1036,7 +1114,7 @@ def _fmt_params(config: Mapping[str, Any]) -> str:
 _PRINTER_CLS: list[type] = []
 
 
-def make_printer(total: int, epochs: int) -> Any:
+def make_printer(total: int, epochs: int, unit: str = "epochs") -> Any:
     """A ``ray.tune.Callback`` printing one line per finished or failed trial (Tune's own
     table is off). Built lazily so that importing this module does not import Ray; it
     pickles as a call of this function (Tune stores its callbacks in the experiment state)."""
@@ -1044,11 +1122,11 @@ def make_printer(total: int, epochs: int) -> Any:
         from ray.tune import Callback
 
         class TrialPrinter(Callback):
-            def __init__(self, total: int, epochs: int) -> None:
-                self.total, self.epochs, self.done = total, epochs, 0
+            def __init__(self, total: int, epochs: int, unit: str) -> None:
+                self.total, self.epochs, self.unit, self.done = total, epochs, unit, 0
 
             def __reduce__(self):
-                return make_printer, (self.total, self.epochs)
+                return make_printer, (self.total, self.epochs, self.unit)
 
             def _line(self, trial: Any, text: str) -> None:
                 self.done += 1
@@ -1061,14 +1139,14 @@ def make_printer(total: int, epochs: int) -> Any:
                 obj, ep = r.get(OBJECTIVE), r.get(TIME_ATTR)
                 text = "no objective" if obj is None else f"objective {obj:.4g}"
                 if ep is not None and ep < self.epochs:
-                    text += f" (stopped by ASHA after {ep} of {self.epochs} epochs)"
+                    text += f" (stopped by ASHA after {ep} of {self.epochs} {self.unit})"
                 self._line(trial, text)
 
             def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
                 self._line(trial, "failed")
 
         _PRINTER_CLS.append(TrialPrinter)
-    return _PRINTER_CLS[0](total, epochs)
+    return _PRINTER_CLS[0](total, epochs, unit)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1260,7 +1338,7 @@ def _fit(search: Search, state: Path, exists: bool, callbacks: Sequence[Any], ve
                 run_config=ray_tune.RunConfig(
                     name=state.name, storage_path=str(state.parent),
                     failure_config=ray_tune.FailureConfig(max_failures=s.max_failures),
-                    callbacks=[make_printer(s.trials, search.epochs), *callbacks],
+                    callbacks=[make_printer(s.trials, search.epochs, search.unit), *callbacks],
                     verbose=1 if verbose else 0,
                 ),
             )  # fmt: skip
@@ -1309,7 +1387,8 @@ def collect(search: Search, trials: Sequence[Any], wall_time_s: float) -> Search
         if status == "stopped" and run_status not in ("finished", "nonfinite", "stopped"):
             store.write_run({**run_row, "status": "stopped",
                              "error": f"stopped by ASHA after {epochs_done} of "
-                                      f"{search.epochs} epochs (search {search.search_id})"})
+                                      f"{search.epochs} {search.unit} (search "
+                                      f"{search.search_id})"})
         obj = last.get(OBJECTIVE)
         rows.append({
             "search_id": search.search_id, "trial_id": name, "trial_index": _index(name),
@@ -1463,7 +1542,8 @@ def write_best_yaml(search: Search, best: Mapping[str, Any], default: Any) -> Pa
         f"# Best configuration of search {search.search_id} (mtlx tune, "
         f"{search.settings.trials} trials):",
         f"# trial {best['trial_id']}, {search.metric} = {best['objective']:.6g} on the "
-        f"validation split ({search.mode}imised; run {best['run_id']}).",
+        f"{'evaluation episodes' if search.kind == 'rl' else 'validation split'} "
+        f"({search.mode}imised; run {best['run_id']}).",
     ]
     if len(default):
         d = default.iloc[0]
@@ -1643,7 +1723,8 @@ def plot_search(root: str | Path, out_dir: str | Path, search_id: str | None = N
 _TUNE_FLAGS = ("trials", "metric", "scheduler", "workers_per_trial", "gpus_per_trial",
                "max_concurrent", "seed")
 _EXP_FLAGS = {"benchmark": "benchmark", "method": "methods", "data_root": "data_root",
-              "out": "out", "epochs": "train.epochs", "cpus_per_worker": "cpus_per_worker"}
+              "out": "out", "epochs": "train.epochs", "steps": "train.steps",
+              "cpus_per_worker": "cpus_per_worker"}
 
 
 def _add_flags(p: argparse.ArgumentParser) -> None:
@@ -1652,7 +1733,9 @@ def _add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, help="number of trials (default 12)")
     p.add_argument("--metric", help="objective on the validation split: val_delta_m (default "
                                     "when there is a single-task reference), val_loss or "
-                                    "val/<task>/<metric>")
+                                    "val/<task>/<metric>; RL benchmarks (mt10, mt1): "
+                                    "val_success (default: mean evaluation success, maximised), "
+                                    "val_return or val/<task>/success|return")
     p.add_argument("--scheduler", choices=SCHEDULERS, help="asha (default): early stopping")
     p.add_argument("--workers-per-trial", type=int, dest="workers_per_trial",
                    help="1 (default): the trial trains in its own process; W >= 2: W Ray "
@@ -1663,6 +1746,8 @@ def _add_flags(p: argparse.ArgumentParser) -> None:
                    help="at most this many trials at once (default: what resources hold)")
     p.add_argument("--seed", type=int, help="seed of the runs and the sampler (default 0)")
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the protocol's)")
+    p.add_argument("--steps", type=int, help="RL benchmarks: loop steps per trial (train.steps; "
+                                             "evaluations every train.eval_every steps)")
     p.add_argument("--data-root", dest="data_root")
     p.add_argument("--out", help="results directory (default results)")
     p.add_argument("--ray-address", dest="ray_address", help="connect to a Ray cluster")
@@ -1678,7 +1763,10 @@ _DESCRIPTION = (
     "ASHA, on the validation split. Without arguments: DB-MTL's beta, beta_sigma and gamma "
     "strategy on multi_digits. Space entries: space.NAME=uniform(a,b) | loguniform(a,b) | "
     "int(a,b) | choice(x,y) | VALUE | default | search, optionally followed by "
-    "'if CHOICE=VALUE'. Other key=value arguments override the config like in `mtlx run`."
+    "'if CHOICE=VALUE'. Other key=value arguments override the config like in `mtlx run`. "
+    "RL benchmarks (mt10, mt1: e.g. --method cagrad searches c, imgrad alpha) are scored by "
+    "their evaluation episodes (--metric val_success), ASHA compares them per evaluation "
+    "(every train.eval_every loop steps of --steps)."
 )
 
 

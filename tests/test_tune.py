@@ -411,3 +411,84 @@ def test_report_keeps_search_trials_out_of_the_method_table(tmp_path):
     assert list(Results.load(tmp_path).runs.run_id) == ["a"]
     assert list(Results.load(tmp_path).metrics.run_id) == ["a"]
     assert sorted(Results.load(tmp_path, include_trials=True).runs.run_id) == ["a", "b"]
+
+
+# ---------------------------------------------------------------------------------------
+# RL benchmarks (mt10 / mt1): the objective is the evaluation episodes' success
+# ---------------------------------------------------------------------------------------
+
+#: a tiny SAC on mt1 (reach-v3): 200 loop steps, evaluations at steps 0, 100, 200
+RL_FAST = ["--benchmark", "mt1", "--method", "cagrad", "--steps", "200", "train.eval_every=100",
+           "train.batch_size=16", "bench_options.horizon=20", "trainer_options.hidden=16",
+           "trainer_options.layers=1", "trainer_options.warmup_steps=50",
+           "trainer_options.buffer_size=500"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--metric", "val_loss"], "val_loss is not available: 'mt1' is an RL benchmark"),
+    (["--metric", "val_delta_m"], "val_delta_m is not available"),
+    (["--metric", "test/reach-v3/success"], "never does"),
+    (["--metric", "val/reach-v3/accuracy"], "unknown --metric"),
+    (["space.weight_decay=search"], "no weight decay"),
+    (["space.alpha=uniform(0.1,0.9)"], "unknown hyperparameter for method 'cagrad'"),
+    (["--workers-per-trial", "2"], "one SAC learner per process"),
+])  # fmt: skip
+def test_rl_bad_input_is_a_clear_error_before_ray(argv, message, tmp_path, monkeypatch, capsys):
+    def no_ray(*_, **__):
+        raise AssertionError("Ray must not start for a bad configuration")
+
+    monkeypatch.setattr("orchestrator.launch.init_ray", no_ray)
+    assert main_tune(parse_tune_args(["--out", str(tmp_path), *RL_FAST, *argv])) == 2
+    err = capsys.readouterr().err
+    assert "mtlx tune: error:" in err and message in err
+    assert not (tmp_path / "searches").exists()
+
+
+def test_rl_search_settings_and_supervised_only_metric_names(tmp_path):
+    s = build_search({}, ["benchmark=mt10", "methods=imgrad", f"out={tmp_path}"])
+    assert (s.kind, s.metric, s.mode, s.unit) == ("rl", "val_success", "max", "evaluations")
+    assert [p.key for p in s.params] == ["alpha"] and not s.held_out
+    assert s.base.train.eval_every == 30_000  # loop steps (the protocol's), not forced to 1
+    assert s.epochs == -(-2_000_000 // 30_000) + 1  # evaluations incl. the step-0 one
+    # the benchmark's reference hyperparameters make the default trial; sampled values win
+    c = build_search({}, ["benchmark=mt10", "methods=cagrad", f"out={tmp_path}"])
+    assert c.default_point == {"c": 0.9} and c.base.hparams["c"] == 0.9
+    assert apply_params(c.base, {"c": 0.3}).hparams["c"] == 0.3
+    # the val_* RL names are refused on a supervised benchmark
+    with pytest.raises(ConfigError, match="for RL benchmarks"):
+        build_search({}, ["tune.metric=val_success", f"out={tmp_path}"])
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_tiny_rl_search_on_mt1_records_sampled_c_and_writes_best(ray_session, tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main_tune(parse_tune_args(["--trials", "2", "--out", str(out), *RL_FAST])) == 0
+    stdout = capsys.readouterr().out
+    d = _search_dir(out)
+    trials = pd.read_parquet(d / "trials.parquet").set_index("trial_id")
+    summary = pd.read_parquet(d / "summary.parquet").iloc[0]
+    assert list(trials.index) == ["t0000", "t0001"] and bool(summary.complete)
+    assert set(trials.status) == {"finished"}
+    assert summary.metric == "val_success" and summary["mode"] == "max" and summary.epochs == 3
+    assert (trials.epochs_done == 3).all()  # evaluations at steps 0, 100, 200
+    # t0000: MT10's reference c = 0.9; t0001: a sampled c, which wins over it in the run
+    assert trials.loc["t0000", "hp.c"] == 0.9
+    assert 0.1 <= trials.loc["t0001", "hp.c"] <= 0.9 and trials.loc["t0001", "hp.c"] != 0.9
+    runs = pd.read_parquet(out / "runs").set_index("trial_id")
+    metrics = pd.read_parquet(out / "metrics")
+    for tid, t in trials.iterrows():
+        hp = json.loads(runs.loc[tid, "hparams"])
+        assert hp["c"] == t["hp.c"] and hp["rescale"] == 1  # the rest of METHOD_HPARAMS kept
+        assert runs.loc[tid, "run_id"] == t.run_id and runs.loc[tid, "search_id"] == d.name
+        m = metrics[(metrics.run_id == t.run_id) & (metrics.split == "eval")]
+        last = m[(m.step == 200) & (m.metric == "success") & (m.task != "")]
+        assert len(last) == 1  # selection=last: the final evaluation's mean success
+        assert t.objective == pytest.approx(last.value.mean())
+    assert not metrics.split.isin(["val", "test"]).any()
+    best_yaml = d / "best.yaml"
+    cfg = yaml.safe_load(best_yaml.read_text())
+    best = cfg["hparams"]["cagrad"]
+    assert cfg["benchmark"] == "mt1" and best["c"] == trials.loc[summary.best_trial_id, "hp.c"]
+    assert cfg["train"]["steps"] == 200 and cfg["train"]["eval_every"] == 100
+    assert yaml.safe_load(stdout) == cfg
