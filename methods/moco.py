@@ -93,7 +93,9 @@ class MoCo(Method):
     ) -> Aggregation:
         self._check_inputs(grads, losses)
         assert grads is not None
-        if not torch.isfinite(grads).all():
+        # One read pass instead of a T×P boolean mask (a NaN/inf anywhere makes its norm non-finite)
+        norms = grads.norm(dim=1)
+        if not torch.isfinite(norms).all():
             raise ValueError("moco: non-finite per-task gradients (NaN or inf)")
         T, P = grads.shape
         if self.tracked.shape[1] == 0:
@@ -106,15 +108,17 @@ class MoCo(Method):
         cfg = self.config
         self.step_count += 1
         k = self.step_count
-        Y = self.tracked.to(device=grads.device, dtype=grads.dtype)
-        norms = grads.norm(dim=1, keepdim=True)
-        scaled = grads / (norms + 1e-8) * losses.to(grads.dtype).unsqueeze(1)
-        Y = Y - cfg.beta / k**cfg.beta_sigma * (Y - scaled)
+        if self.tracked.dtype != grads.dtype or self.tracked.device != grads.device:
+            self.tracked = self.tracked.to(grads)
+        # Y ← Y − β_k (Y − ĝ) with ĝ_t = g_t/(‖g_t‖ + 1e-8)·L_t, in place: Y is T×P, so
+        # temporaries of that size would dominate the step (equal to LibMTL up to rounding)
+        beta_k = cfg.beta / k**cfg.beta_sigma
+        coef = (losses.to(grads.dtype) / (norms + 1e-8)).unsqueeze(1)
+        Y = self.tracked.mul_(1.0 - beta_k).addcmul_(coef, grads, value=beta_k)
         YY = (Y @ Y.T).to(torch.float64)
         lam = self.lambd.to(device=YY.device)
         reg = YY + cfg.rho * torch.eye(T, dtype=torch.float64, device=YY.device)
         lam = torch.softmax(lam - cfg.gamma / k**cfg.gamma_sigma * (reg @ lam), dim=0)
-        self.tracked = Y.detach()
         self.lambd = lam
         direction = lam.to(Y.dtype) @ Y
         return Aggregation(direction, lam.to(losses.dtype))
