@@ -1,7 +1,14 @@
 """mtlx benchmarks: datasets in their published on-disk formats, models with an explicit
 shared/task-specific split, losses, metrics, single-task references and protocols.
 
-Each benchmark lives in one module (or subpackage) of this package and registers itself."""
+Each benchmark lives in one module (or subpackage) of this package and registers itself.
+
+Test fixtures: tests never download anything. A benchmark that reads a root is tested on a
+tiny fixture written in the *published* layout (same folders, names, dtypes and per-item
+shapes; few items) by a writer in ``envs/fixtures_<family>.py`` (``fixtures_dense`` for
+NYUv2/Cityscapes, ``fixtures_more`` for CelebA/Office/QM9), deterministic in (directory,
+seed); tests compute expectations from the arrays written, never from hard-coded numbers.
+``multi_digits`` and ``toy`` need no fixture (their data ship with the code)."""
 
 import importlib as _importlib
 import pkgutil as _pkgutil
@@ -19,9 +26,10 @@ from envs.base import (
     register,
 )
 
-_SKIP = {"base", "metrics", "fixtures", "models", "data"}
+_SKIP = {"base", "metrics", "models", "data"}
 for _mod in _pkgutil.iter_modules(__path__):
-    if _mod.name not in _SKIP and not _mod.name.startswith("_"):
+    # fixture writers (tests only) register nothing: keep them off every run's import path
+    if _mod.name not in _SKIP and not _mod.name.startswith(("_", "fixtures")):
         _importlib.import_module(f"envs.{_mod.name}")
 
 __all__ = [

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from envs import fixtures
 from envs.base import Metric
 from envs.metrics import (
     Accuracy,
@@ -481,19 +480,3 @@ def test_merge_rejects_other_types_and_reset_clears():
     a.reset()
     with pytest.raises(ValueError, match="no samples"):
         a.compute()
-
-
-# ---------------------------------------------------------------------------------------
-# envs.fixtures primitives
-# ---------------------------------------------------------------------------------------
-
-
-def test_fixture_writers_write_the_mtan_layout(tmp_path):
-    arrays = [np.full((2, 3), i, dtype=np.float32) for i in range(3)]
-    folder = fixtures.write_indexed_npy(tmp_path, "train", "depth", arrays)
-    assert folder == tmp_path / "train" / "depth"
-    assert sorted(p.name for p in folder.iterdir()) == ["0.npy", "1.npy", "2.npy"]
-    assert np.load(folder / "2.npy").tolist() == arrays[2].tolist()
-    txt = fixtures.write_text(tmp_path / "a" / "b.txt", ["x 1", "y 2"])
-    assert txt.read_text() == "x 1\ny 2\n"
-    assert fixtures.rng(3).integers(0, 1000) == fixtures.rng(3).integers(0, 1000)
