@@ -4,11 +4,8 @@ shared/task-specific split, losses, metrics, single-task references and protocol
 Each benchmark lives in one module (or subpackage) of this package and registers itself.
 
 Test fixtures: tests never download anything. A benchmark that reads a root is tested on a
-tiny fixture written in the *published* layout (same folders, names, dtypes and per-item
-shapes; few items) by a writer in ``envs/fixtures_<family>.py`` (``fixtures_dense`` for
-NYUv2/Cityscapes, ``fixtures_more`` for CelebA/Office/QM9), deterministic in (directory,
-seed); tests compute expectations from the arrays written, never from hard-coded numbers.
-``multi_digits`` and ``toy`` need no fixture (their data ship with the code)."""
+tiny fixture written in the *published* layout by a writer in the ``envs.fixtures``
+subpackage (not imported by ``import envs``; see its docstring)."""
 
 import importlib as _importlib
 import pkgutil as _pkgutil
@@ -26,10 +23,10 @@ from envs.base import (
     register,
 )
 
-_SKIP = {"base", "metrics", "models", "data"}
+_SKIP = {"base", "metrics", "models", "fixtures"}
 for _mod in _pkgutil.iter_modules(__path__):
-    # fixture writers (tests only) register nothing: keep them off every run's import path
-    if _mod.name not in _SKIP and not _mod.name.startswith(("_", "fixtures")):
+    # fixture writers register nothing: keep them off every run's import path
+    if _mod.name not in _SKIP and not _mod.name.startswith("_"):
         _importlib.import_module(f"envs.{_mod.name}")
 
 __all__ = [

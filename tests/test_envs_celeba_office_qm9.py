@@ -16,7 +16,7 @@ import torch
 import envs
 import methods
 from envs import _sampling
-from envs import fixtures_more as fx
+from envs.fixtures import files as fx
 from envs.base import Forward
 from methods.engine import jacobian
 

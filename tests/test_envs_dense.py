@@ -23,7 +23,7 @@ from envs._dense import (
     segmentation_loss,
 )
 from envs.base import Forward
-from envs.fixtures_dense import write_cityscapes, write_nyuv2
+from envs.fixtures.dense import write_cityscapes, write_nyuv2
 from envs.metrics import DepthErrors, NormalErrors, delta_m
 from envs.models import DilatedResNet, ResNetASPP, SegNetMTAN
 from envs.models.resnet_aspp import load_resnet50_weights

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from envs.fixtures_more import write_office
+from envs.fixtures.files import write_office
 from orchestrator import cli
 
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import methods
-from envs.fixtures_dense import write_nyuv2
+from envs.fixtures.dense import write_nyuv2
 from envs.metrics import delta_m
 from orchestrator import cli
 from orchestrator.config import ConfigError, load_yaml
