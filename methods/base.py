@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -223,6 +224,14 @@ class Method(nn.Module):
                 raise ValueError(
                     f"{self.name}: grads must have shape ({T}, P), got {tuple(grads.shape)}"
                 )
+
+    def warn_once(self, key: str, message: str) -> None:
+        """A ``RuntimeWarning`` the first time ``key`` happens on this object (one per run);
+        the count itself goes into ``Aggregation.info`` so diagnostics keep every case."""
+        warned = self.__dict__.setdefault("_warned", set())
+        if key not in warned:
+            warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def extra_repr(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.hparams().items())

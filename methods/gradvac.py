@@ -25,9 +25,11 @@ except where noted. Defaults: β = 0.5 and group type 0 (LibMTL ``GradVac_beta``
 ``GradVac_group_type``; TorchJD β = 0.5). Deliberate choices:
 
 - ``target_update="always"`` (default) updates ρ̂_ij after every visit, as TorchJD does and as
-  the paper's Algorithm 1 reads from memory (unverified: the text was not available). LibMTL's
-  code updates it only inside the ``if ρ < ρ̂`` branch, so its targets can only fall from 0
-  and it never aims at a positive similarity; ``target_update="on_correction"`` reproduces it.
+  LibMTL's ``GradVac.py`` does since its fix of February 2024 (commit d2d84fa; checked at
+  4336804, and mtlx matches it to 1e-15 over 5 steps). ``target_update="on_correction"``
+  updates ρ̂_ij only inside the ``if ρ < ρ̂`` branch, as LibMTL did before that fix (e.g. at
+  13f5fc7): its targets can then only fall from 0 and never aim at a positive similarity;
+  kept to reproduce results made with those LibMTL versions.
 - ``group_type``: 0 = whole model (a Gramian method); 2 = one group per shared parameter
   tensor (LibMTL "all_matrix"), which needs the full parameter-level gradient matrix and
   ``context.param_slices`` (filled by :func:`methods.backward`), so such an instance is not
@@ -100,7 +102,8 @@ def gradvac_coefficients(
 @dataclass(frozen=True)
 class GradVacConfig:
     """``beta``: EMA rate of the targets ρ̂. ``group_type``: 0 whole model, 2 per parameter
-    tensor. ``target_update``: "always" (paper, TorchJD) or "on_correction" (LibMTL)."""
+    tensor. ``target_update``: "always" (TorchJD, LibMTL since 2024) or "on_correction"
+    (LibMTL before its February 2024 fix)."""
 
     beta: float = 0.5
     group_type: int = 0

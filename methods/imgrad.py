@@ -36,7 +36,7 @@ general). Not implemented, deliberately:
   no code exists (methods.md §1(d)).
 
 Deliberate differences: the dual is solved exactly as in methods/cagrad.py (float64,
-analytic gradient, tight tolerance); κ uses the current ``F.cosine_similarity`` formula
+certified gap); κ uses the current ``F.cosine_similarity`` formula
 x·y / (max(‖x‖, 1e-8)·max(‖y‖, 1e-8)); the MGDA point is methods/mgda.py's (Sener's solver
 on K / max_t K_tt, then an exact KKT polish), which moves κ by ~1e-5 from the reference's.
 """
@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from methods.base import GramianMethod, check_bool, check_choice, check_int, check_range
-from methods.cagrad import RESCALES, cagrad_dual_weights, conflict_averse_weights
+from methods.cagrad import RESCALES, cagrad_dual_weights, conflict_averse_weights, dual_info
 from methods.mgda import min_norm_point
 from methods.registry import register
 from methods.space import Uniform
@@ -99,11 +99,13 @@ class IMGrad(GramianMethod):
         K = gramian.cpu().numpy()
         kappa, _, iters = imbalance_coefficient(K)
         radius = cfg.alpha * math.sqrt(max(float(K.mean()), 0.0) + 1e-8) + 1e-8
-        w_star = cagrad_dual_weights(K, radius, lin_coef=OFFSET - kappa, norm_coef=kappa)
+        dual = cagrad_dual_weights(K, radius, lin_coef=OFFSET - kappa, norm_coef=kappa)
+        w_star = dual.w
         w, lam = conflict_averse_weights(K, cfg.alpha, w_star, cfg.rescale, cfg.scale_by_tasks)
         info = {
             "kappa": kappa,
             "lambda": lam,
+            **dual_info(self, dual),
             "mgda_iterations": float(iters),
             **{f"w_star_{t}": float(v) for t, v in enumerate(w_star)},
         }

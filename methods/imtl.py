@@ -15,8 +15,9 @@ At the s-minimiser g̃_t = ∇log L_t, so the update is invariant to rescaling a
 References: LibMTL ``IMTL.py`` (always this hybrid; the authors released no code), which
 initialises s at 0 and trains it with the model optimiser: s is an ``nn.Parameter`` that the
 trainer adds to its optimiser (model lr). LibMTL solves the paper's closed form with a plain
-``torch.inverse``; the Gram-only pseudo-inverse form used here is equivalent for independent
-gradients and also defined for dependent ones. Keep the default ``"own"`` head rule:
+``torch.inverse``; the form used here (:func:`methods.imtl_g.imtl_g_weights`, on the cosine
+matrix) gives the same weights for independent gradients whatever their norms, and is also
+defined for dependent ones. Keep the default ``"own"`` head rule:
 ``"weighted"`` would also α-weight the gradient of s, and α may be negative.
 """
 
@@ -48,7 +49,8 @@ class IMTL(GramianMethod):
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> tuple[Tensor, dict[str, float]]:
         scales = torch.exp(self.loss_scale.detach())
-        return imtl_g_weights(gramian), {f"loss_scale_{t}": float(v) for t, v in enumerate(scales)}
+        w, info = imtl_g_weights(gramian)
+        return w, {**info, **{f"loss_scale_{t}": float(v) for t, v in enumerate(scales)}}
 
     def reset(self) -> None:
         super().reset()

@@ -80,36 +80,42 @@ def gradient_normalizers(K: Tensor, losses: Tensor, normalization: str) -> Tenso
 
 
 def _polish(K: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Exact min-norm weights on the support Sener's iterate suggests (active-set KKT solve:
-    K_SS w_S = μ1, 1ᵀw_S = 1, w ≥ 0, (Kw)_t ≥ μ off the support). Returned only if it is
-    feasible, optimal and no worse than ``w``; otherwise ``w`` itself."""
+    """Exact min-norm weights by an active-set KKT solve started from the support of Sener's
+    iterate: K_SS w_S = μ1, 1ᵀw_S = 1, w ≥ 0, (Kw)_t ≥ μ off the support. Returned only if
+    it is feasible, optimal and no worse than ``w``; otherwise ``w`` itself.
+
+    The linear system is solved on the cosine matrix (C = K/(n nᵀ), n_t = ‖g_t‖:
+    K_SS w_S = μ1 ⇔ C_SS (n ⊙ w)_S = μ/n_S), whose conditioning depends on the angles
+    between the gradients only, so the solve stays exact when their norms are orders of
+    magnitude apart; optimality off the support is tested per task in units of
+    ‖g_t‖·‖d‖, so a small task's condition is not hidden by a large one's."""
     T = len(w)
+    norms = np.sqrt(np.maximum(np.diag(K), 0.0))
+    if not (norms > 0).all():
+        return w
+    C = K / np.outer(norms, norms)
     support = w > 1e-6 * w.max()
-    for _ in range(2 * T):
+    for _ in range(3 * T):
         idx = np.flatnonzero(support)
-        n = len(idx)
-        A = np.zeros((n + 1, n + 1))
-        A[:n, :n] = K[np.ix_(idx, idx)]
-        A[:n, n] = -1.0
-        A[n, :n] = 1.0
-        rhs = np.zeros(n + 1)
-        rhs[n] = 1.0
-        v = np.linalg.lstsq(A, rhs, rcond=None)[0][:n]
+        v = np.linalg.pinv(C[np.ix_(idx, idx)], hermitian=True) @ (1.0 / norms[idx])
+        v = v / norms[idx]  # w_S ∝ N⁻¹ C_SS⁻¹ N⁻¹ 1
+        if not (np.isfinite(v).all() and v.sum() > 0):
+            return w
+        v = v / v.sum()
         if v.min() < -1e-12:  # drop the most negative task from the support
             support[idx[np.argmin(v)]] = False
             continue
         full = np.zeros(T)
         full[idx] = np.maximum(v, 0.0)
-        if not full.sum() > 0:
-            return w
         full /= full.sum()
         grad = K @ full
-        mu = full @ grad
-        off = np.where(support, np.inf, grad)
-        if off.min() < mu - 1e-12 * max(abs(mu), 1e-300):  # a task outside is still improving
+        mu = float(full @ grad)
+        slack = (grad - mu) / (norms * np.sqrt(max(mu, 0.0)) + 1e-300)
+        off = np.where(support, np.inf, slack)
+        if off.min() < -1e-12:  # a task outside the support is still improving
             support[np.argmin(off)] = True
             continue
-        return full if mu <= w @ K @ w else w
+        return full if mu <= (w @ K @ w) * (1 + 1e-12) else w
     return w
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import torch
 
 import methods
@@ -39,3 +40,32 @@ def roundtrip(method: methods.Method, fresh: methods.Method) -> methods.Method:
     buf.seek(0)
     fresh.load_state_dict(torch.load(buf, weights_only=False))
     return fresh
+
+
+def ill_scaled_battery(seed: int = 0):
+    """Ill-scaled gradient matrices, as real MTL produces them: yields (label, G).
+
+    For T in 2, 3, 5, 10 (P = T + 4): row norms spread over 10⁻⁴…10³; two nearly parallel rows
+    (relative difference 1e-7); rows in a (T−1)-dimensional subspace plus 1e-9 noise (near
+    rank deficiency); singular values spread so that cond(K) = 1e12. Every case is full rank
+    in exact arithmetic, so every method's defining condition has a solution."""
+    rng = np.random.default_rng(seed)
+
+    def spread(G: np.ndarray) -> np.ndarray:
+        norms = 10.0 ** rng.uniform(-4, 3, size=G.shape[0])
+        norms[:2] = (1e-4, 1e3)[: G.shape[0]]  # both ends of the range, every time
+        return G / np.linalg.norm(G, axis=1, keepdims=True) * norms[:, None]
+
+    for T in (2, 3, 5, 10):
+        P = T + 4
+        for k in range(2):
+            yield f"T{T}-norms-{k}", spread(rng.standard_normal((T, P)))
+        G = spread(rng.standard_normal((T, P)))
+        G[1] = 3.0 * G[0] * (1 + 1e-7 * rng.standard_normal(P))
+        yield f"T{T}-parallel", G
+        if T > 2:
+            low = rng.standard_normal((T, T - 1)) @ rng.standard_normal((T - 1, P))
+            yield f"T{T}-rank-deficient", spread(low + 1e-9 * rng.standard_normal((T, P)))
+        U, _ = np.linalg.qr(rng.standard_normal((T, T)))
+        V, _ = np.linalg.qr(rng.standard_normal((P, T)))
+        yield f"T{T}-cond1e12", (U * np.logspace(0, -6, T)) @ V.T * 100.0
