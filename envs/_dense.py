@@ -49,6 +49,7 @@ zero gradient for that task (the references divide by zero and produce NaN).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import re
@@ -64,10 +65,17 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from envs import architectures
 from envs._sampling import EpochDataLoader, ShardedBatchSampler
 from envs.base import Benchmark, Evaluator, Forward, Metric, MTLModel, Protocol
 from envs.metrics import ConfusionMatrix, DepthErrors, NormalErrors
 from envs.models import ResNetASPP, SegNetMTAN
+from envs.models.resnet_aspp import (
+    RESNET50_LAYERS,
+    DeepLabHead,
+    DilatedResNet,
+    load_resnet50_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -442,6 +450,29 @@ class DenseEvaluator(Evaluator):
 # ---------------------------------------------------------------------------------------
 
 
+def _resnet_encoder(layers: Sequence[int], width: float,
+                    pretrained_path: str | os.PathLike | None) -> DilatedResNet:
+    enc = DilatedResNet(layers, width)
+    if pretrained_path is not None:
+        load_resnet50_weights(enc, pretrained_path)
+    return enc
+
+
+def _resnet_stages(enc: DilatedResNet) -> list[torch.nn.Module]:
+    stem = torch.nn.Sequential(enc.conv1, enc.bn1, enc.relu, enc.maxpool)
+    return [stem, enc.layer1, enc.layer2, enc.layer3, enc.layer4]
+
+
+def _upsampled(outs: dict[str, Tensor], rep: Tensor | None, x: Tensor,
+               task: str | None) -> tuple[dict[str, Tensor], Tensor | None]:
+    """ResNetASPP's outputs: bilinear upsampling to the input size, unit normals."""
+    preds = {}
+    for t, out in outs.items():
+        out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=True)
+        preds[t] = F.normalize(out, p=2, dim=1) if t == "normal" else out
+    return preds, rep
+
+
 @dataclass(frozen=True)
 class ModelProtocol:
     """Everything that follows from the model choice: training protocol, reference
@@ -615,15 +646,25 @@ class DenseBenchmark(Benchmark):
     # -- the contract -------------------------------------------------------------------
     def build_model(self, **model_options: Any) -> MTLModel:
         """The benchmark's model; ``width``, ``attention_shared`` and ``pretrained_path`` may
-        be overridden here (validated as in the constructor)."""
+        be overridden here (validated as in the constructor). With ``model='resnet50_aspp'``,
+        ``arch=<name>`` (and its options) builds any of LibMTL's architectures on the same
+        encoder and heads (docs/architectures.md)."""
+        arch, arch_opts, model_options = architectures.split_options(model_options)
         unknown = sorted(set(model_options) - {"width", "attention_shared", "pretrained_path"})
         if unknown:
             raise ValueError(
-                f"unknown model option(s) {unknown}; valid: width, attention_shared, pretrained_path"
+                f"unknown model option(s) {unknown}; valid: width, attention_shared, "
+                f"pretrained_path, arch, {', '.join(sorted(architectures.OPTION_NAMES))}"
             )
         width = model_options.get("width", self.width)
         channels = dict(self.task_channels, segmentation=self.num_classes)
         if self.model_name == "segnet_mtan":
+            if arch is not None or arch_opts:
+                raise ValueError(
+                    "model='segnet_mtan' is the MTAN paper's own SegNet architecture and takes no "
+                    f"arch option; architectures ({', '.join(architectures.available())}) apply "
+                    "to the ResNet encoder: pass model='resnet50_aspp' as a benchmark option"
+                )
             if model_options.get("pretrained_path") is not None:
                 raise ValueError("pretrained_path applies to model='resnet50_aspp' only")
             return SegNetMTAN(
@@ -633,10 +674,40 @@ class DenseBenchmark(Benchmark):
             )
         if model_options.get("attention_shared"):
             raise ValueError("attention_shared applies to model='segnet_mtan' only")
-        return ResNetASPP(
-            channels, width=width,
-            pretrained_path=model_options.get("pretrained_path", self.pretrained_path),
-        )
+        pretrained = model_options.get("pretrained_path", self.pretrained_path)
+        if arch in (None, "hps") and not arch_opts:
+            return ResNetASPP(channels, width=width, pretrained_path=pretrained)
+        spec = self.architecture_spec(width=width, pretrained_path=pretrained)
+        return architectures.build(arch or "hps", spec, **arch_opts)
+
+    def architecture_spec(
+        self,
+        width: float | None = None,
+        pretrained_path: str | os.PathLike | None = None,
+        layers: Sequence[int] = RESNET50_LAYERS,
+    ) -> architectures.ArchSpec:
+        """The ResNet-50-dilated + ASPP model as parts: :class:`DilatedResNet` (stages:
+        stem, layer1 … layer4; it is MTAN's ResNet, with no tail), one DeepLab head per
+        task, upsampling (and normal normalisation) as :class:`ResNetASPP`; the input shape
+        is the data's (the published size without a root). ``layers`` only for tests."""
+        if self.model_name != "resnet50_aspp":
+            raise ValueError("architectures apply to model='resnet50_aspp' only")
+        width = self.width if width is None else width
+        if not (isinstance(width, (int, float)) and 0 < width <= 4):
+            raise ValueError(f"width must be in (0, 4], got {width!r}")
+        if pretrained_path is not None and (width != 1 or tuple(layers) != RESNET50_LAYERS):
+            raise ValueError("pretrained_path needs the full ResNet-50 (width=1)")
+        channels = dict(self.task_channels, segmentation=self.num_classes)
+        rep_channels = max(1, round(512 * width)) * 4  # DilatedResNet.out_channels
+        head_channels = max(1, round(256 * width))
+        size = getattr(self, "image_size", None) or self.reference_size
+        return architectures.ArchSpec(
+            benchmark=self.name, tasks=self.tasks,
+            encoder=functools.partial(_resnet_encoder, tuple(layers), width, pretrained_path),
+            head=lambda t: DeepLabHead(rep_channels, channels[t], head_channels),
+            collate=_upsampled, input_shape=(3, *size), stages=_resnet_stages,
+            resnet=lambda enc: (enc, torch.nn.Identity()),
+        )  # fmt: skip
 
     def dataset(self, split: str, *, seed: int = 0) -> DenseNpyDataset:
         self._check_split(split)

@@ -26,6 +26,8 @@ Model (FAMO ``Network``): shared 9-layer CNN — 3×3 conv (no bias) + BN + ReLU
 → [Linear(512, 512, no bias) + BN1d + ReLU] × 2 — whose 512-d output is the shared
 representation; 40 heads Linear(512, 1). ``build_model(width=w)`` scales every channel
 count by w/64 (64 = the reference; smaller only for tests).
+``build_model(arch=...)`` recombines the same encoder and heads into another of LibMTL's
+architectures (all but mtan, which needs a ResNet; docs/architectures.md).
 
 Loss: binary cross-entropy per attribute, batch mean. FAMO applies ``sigmoid`` in the model
 and ``nn.BCELoss``; here heads output logits and the loss is
@@ -46,6 +48,7 @@ F1 references needed for Δm were not found in any reference (benchmarks.md §10
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,6 +61,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from envs import architectures
 from envs._sampling import EpochDataLoader, ShardedBatchSampler
 from envs.base import Benchmark, Evaluator, Forward, Metric, MTLModel, Protocol, register
 from envs.metrics import Accuracy, BinaryF1
@@ -199,28 +203,45 @@ def _conv(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
 
+def celeba_encoder(width: int = 64) -> nn.Sequential:
+    """FAMO's shared 9-layer CNN (see the module docstring), 8·width-d output."""
+    w = width
+    pool = nn.MaxPool2d(2, stride=2)
+    return nn.Sequential(
+        *_conv(3, w), pool,
+        *_conv(w, 2 * w), *_conv(2 * w, 2 * w), pool,
+        *_conv(2 * w, 4 * w), *_conv(4 * w, 4 * w), pool,
+        *_conv(4 * w, 8 * w), *_conv(8 * w, 8 * w),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8 * w, 8 * w, bias=False), nn.BatchNorm1d(8 * w), nn.ReLU(),
+        nn.Linear(8 * w, 8 * w, bias=False), nn.BatchNorm1d(8 * w), nn.ReLU(),
+    )
+
+
+def celeba_stages(encoder: nn.Sequential) -> list[nn.Module]:
+    """Stem conv-pool, then one block per resolution (the last with the pool and MLP)."""
+    return [encoder[0:4], encoder[4:11], encoder[11:18], encoder[18:32]]
+
+
+def _stacked_logits(outs: dict[str, Tensor], rep: Tensor | None, x: Tensor,
+                    task: str | None) -> tuple[Tensor, Tensor | None]:
+    return torch.cat(list(outs.values()), dim=1), rep  # CelebANet's convention, task order
+
+
+def _check_width(width: Any) -> None:
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive integer (64 = FAMO's network), got {width!r}")
+
+
 class CelebANet(MTLModel):
     """FAMO's 9-layer CNN (shared) with one Linear(8w, 1) logit head per attribute."""
 
     def __init__(self, tasks: tuple[str, ...], width: int = 64):
         super().__init__()
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(
-                f"width must be a positive integer (64 = FAMO's network), got {width!r}"
-            )
-        w = width
+        _check_width(width)
         self.tasks = tuple(tasks)
-        pool = nn.MaxPool2d(2, stride=2)
-        self.encoder = nn.Sequential(
-            *_conv(3, w), pool,
-            *_conv(w, 2 * w), *_conv(2 * w, 2 * w), pool,
-            *_conv(2 * w, 4 * w), *_conv(4 * w, 4 * w), pool,
-            *_conv(4 * w, 8 * w), *_conv(8 * w, 8 * w),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(8 * w, 8 * w, bias=False), nn.BatchNorm1d(8 * w), nn.ReLU(),
-            nn.Linear(8 * w, 8 * w, bias=False), nn.BatchNorm1d(8 * w), nn.ReLU(),
-        )
-        self.heads = nn.ModuleDict({t: nn.Linear(8 * w, 1) for t in self.tasks})
+        self.encoder = celeba_encoder(width)
+        self.heads = nn.ModuleDict({t: nn.Linear(8 * width, 1) for t in self.tasks})
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """→ (logits [B, 40] in task order, representation [B, 8w])."""
@@ -316,8 +337,25 @@ class CelebA(Benchmark):
         names, labels = self._split[split]
         return CelebADataset(self.image_dir, names, labels, self.image_size)
 
-    def build_model(self, width: int = 64) -> CelebANet:
-        return CelebANet(self.tasks, width=width)
+    def build_model(self, width: int = 64, arch: str | None = None,
+                    **arch_options: Any) -> MTLModel:
+        """FAMO's HPS network, or ``arch=<name>`` on the same encoder and heads: hps,
+        cross_stitch, mmoe, cgc, ple, dselect_k, ltb (not mtan: no ResNet); see
+        docs/architectures.md."""
+        if arch in (None, "hps") and not arch_options:
+            return CelebANet(self.tasks, width=width)
+        return architectures.build(arch or "hps", self.architecture_spec(width), **arch_options)
+
+    def architecture_spec(self, width: int = 64) -> architectures.ArchSpec:
+        """The CNN (stem + three blocks, :func:`celeba_stages`), Linear(8w, 1) heads,
+        3×S×S images."""
+        _check_width(width)
+        return architectures.ArchSpec(
+            benchmark=self.name, tasks=self.tasks,
+            encoder=functools.partial(celeba_encoder, width),
+            head=lambda task: nn.Linear(8 * width, 1), collate=_stacked_logits,
+            input_shape=(3, self.image_size, self.image_size), stages=celeba_stages,
+        )  # fmt: skip
 
     def make_loader(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                     rank: int = 0, world_size: int = 1, drop_last: bool = False,

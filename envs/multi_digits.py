@@ -26,6 +26,10 @@ Model (``build_model``): a small CNN encoder conv3×3(1→16)-ReLU-maxpool2 → 
 ReLU-maxpool2 → flatten → Linear(288→64)-ReLU, whose 64-d output is the shared
 representation; one Linear(64→10) head per task. ~25k parameters. (Sener & Koltun's MultiMNIST
 model is a LeNet with 2-layer heads; this smaller one fits the 14×14 input and a CPU budget.)
+``build_model(arch=...)`` recombines the same encoder and heads into another architecture:
+hps (this model), cross_stitch, mmoe, cgc, ple, dselect_k or ltb (stages: the first
+conv-ReLU-pool is the stem, the second and the flatten-Linear-ReLU the blocks; not mtan,
+which needs a ResNet); see docs/architectures.md.
 
 ``loss_scale`` multiplies each task's loss (default (1, 1)). ``loss_scale=(1.0, 10.0)``
 reproduces IMTL's experiment of multiplying one task's loss by 10 (Liu et al., ICLR 2021,
@@ -71,6 +75,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import methods
+from envs import architectures
 from envs.base import Benchmark, Evaluator, Forward, Metric, MTLModel, Protocol, register
 from envs.metrics import Accuracy
 from methods.base import check_int, check_range
@@ -248,6 +253,27 @@ class TensorBatchLoader:
 # ---------------------------------------------------------------------------------------
 
 
+def digits_encoder(channels: Sequence[int] = (16, 32), hidden: int = 64) -> nn.Sequential:
+    """The shared CNN: conv3×3-ReLU-maxpool2 twice, flatten, Linear-ReLU (``hidden`` wide)."""
+    c1, c2 = channels
+    side = CANVAS // 4  # two 2×2 max-pools
+    return nn.Sequential(
+        nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(c2 * side * side, hidden), nn.ReLU(),
+    )  # fmt: skip
+
+
+def digits_stages(encoder: nn.Sequential) -> list[nn.Module]:
+    """Stem conv-ReLU-pool, then two blocks (conv-ReLU-pool; flatten-Linear-ReLU)."""
+    return [encoder[0:3], encoder[3:6], encoder[6:9]]
+
+
+def _rep_and_outputs(outs: dict[str, Tensor], rep: Tensor | None, x: Tensor,
+                     task: str | None) -> tuple[Tensor | None, dict[str, Tensor]]:
+    return rep, outs  # MultiDigitsNet's convention
+
+
 class MultiDigitsNet(MTLModel):
     """Small CNN encoder (shared; its output is the representation) + linear heads."""
 
@@ -255,13 +281,7 @@ class MultiDigitsNet(MTLModel):
         self, tasks: Sequence[str] = TASKS, channels: Sequence[int] = (16, 32), hidden: int = 64
     ) -> None:
         super().__init__()
-        c1, c2 = channels
-        side = CANVAS // 4  # two 2×2 max-pools
-        self.encoder = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(c2 * side * side, hidden), nn.ReLU(),
-        )  # fmt: skip
+        self.encoder = digits_encoder(channels, hidden)
         self.heads = nn.ModuleDict({t: nn.Linear(hidden, 10) for t in tasks})
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -352,12 +372,25 @@ class MultiDigits(Benchmark):
             raise ValueError(f"split must be one of {list(self.splits)}, got {split!r}")
         return build_split(split, self._sizes[split], self.config.data_seed)
 
-    def build_model(self, **model_options: Any) -> MultiDigitsNet:
+    def build_model(self, **model_options: Any) -> MTLModel:
+        """The HPS :class:`MultiDigitsNet`, or ``arch=<name>`` (with that architecture's
+        options) built from the same encoder and heads (docs/architectures.md)."""
+        arch, arch_opts, own = architectures.split_options(model_options)
+        spec = self.architecture_spec(**own)
+        if arch in (None, "hps") and not arch_opts:
+            opts = {**self.model_options, **own}
+            return MultiDigitsNet(self.tasks, tuple(opts["channels"]), opts["hidden"])
+        return architectures.build(arch or "hps", spec, **arch_opts)
+
+    def architecture_spec(self, **model_options: Any) -> architectures.ArchSpec:
+        """This benchmark's model as parts: the CNN encoder (a stem and two blocks),
+        Linear(hidden, 10) heads, 1×14×14 inputs."""
         unknown = sorted(set(model_options) - set(self.model_options))
         if unknown:
             raise ValueError(
-                f"unknown model option(s) {unknown} for multi_digits; "
-                f"valid: {list(self.model_options)}"
+                f"unknown model option(s) {unknown} for multi_digits; valid: "
+                f"{list(self.model_options)}, and arch=<{'|'.join(architectures.available())}> "
+                f"with its options ({', '.join(sorted(architectures.OPTION_NAMES))})"
             )
         opts = {**self.model_options, **model_options}
         ch = opts["channels"]
@@ -365,8 +398,14 @@ class MultiDigits(Benchmark):
             raise ValueError(f"channels must be two positive integers, got {ch!r}")
         for i, c in enumerate(ch):
             check_int(f"channels[{i}]", c, 1)
-        check_int("hidden", opts["hidden"], 1)
-        return MultiDigitsNet(self.tasks, tuple(ch), opts["hidden"])
+        hidden = opts["hidden"]
+        check_int("hidden", hidden, 1)
+        return architectures.ArchSpec(
+            benchmark=self.name, tasks=self.tasks,
+            encoder=functools.partial(digits_encoder, tuple(ch), hidden),
+            head=lambda task: nn.Linear(hidden, 10),
+            collate=_rep_and_outputs, input_shape=(1, CANVAS, CANVAS), stages=digits_stages,
+        )  # fmt: skip
 
     def make_loader(
         self,
@@ -387,7 +426,7 @@ class MultiDigits(Benchmark):
 
     def forward_losses(self, model: MTLModel, batch: Mapping[str, Tensor]) -> Forward:
         rep, logits = model(batch["image"])
-        scale = self._scale.to(rep.device)
+        scale = self._scale.to(batch["image"].device)
         losses = torch.stack([F.cross_entropy(logits[t], batch[t]) for t in self.tasks]) * scale
         return Forward(losses=losses, rep=rep, outputs=logits)
 

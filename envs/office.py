@@ -39,7 +39,10 @@ Input: ``Resize((224, 224))`` (no crop/flip), ``ToTensor``, ImageNet mean/std.
 Model (LibMTL HPS): shared ResNet-18 trunk (torchvision layout; LibMTL's ``resnet18`` is
 the same network) → global average pool → Linear(512, 512) [init N(0, 0.005), bias 0.1] +
 BN1d + ReLU + Dropout(0.5); per domain a head Linear(512, C). ``build_model(width=w)``
-scales the channels by w/64 (64 = the reference; smaller only for tests). LibMTL starts
+scales the channels by w/64 (64 = the reference; smaller only for tests);
+``build_model(arch=...)`` gives LibMTL's other architectures on the same encoder and heads
+(hps, mmoe, mtan, cgc, dselect_k; not the single-input-only cross_stitch, ple, ltb; see
+docs/architectures.md). LibMTL starts
 from ImageNet weights; here they are loaded ONLY from a local torchvision ``resnet18``
 state-dict file (``build_model(pretrained_path=...)``) and a warning is logged when the
 trunk is randomly initialised (published numbers and STL references assume pretraining).
@@ -66,6 +69,7 @@ accuracies as printed in Rep-MTL Tab. 5 (Office-31) and Tab. 3 (Office-Home).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -80,6 +84,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from envs import architectures
 from envs._sampling import CyclingBatchSampler, ShardedBatchSampler, check_shard
 from envs.base import Benchmark, Evaluator, Forward, Metric, MTLModel, Protocol, register
 from envs.metrics import Accuracy
@@ -299,6 +304,12 @@ class OfficeEncoder(nn.Module):
         return self.hidden(self.resnet(x))
 
 
+def _office_resnet(encoder: OfficeEncoder) -> tuple[nn.Module, nn.Module]:
+    """(the ResNet-18 trunk, the shared tail: average pool, flatten, hidden layer)."""
+    tail = nn.Sequential(encoder.resnet.avgpool, nn.Flatten(), encoder.hidden)
+    return encoder.resnet, tail
+
+
 class OfficeNet(MTLModel):
     """Shared :class:`OfficeEncoder` + one Linear(512, C) head per domain."""
 
@@ -504,10 +515,34 @@ class _Office(Benchmark):
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         return OfficeDataset(self.root, self.items[domain][split], self.image_size)
 
-    def build_model(self, width: int = 64,
-                    pretrained_path: str | os.PathLike | None = None) -> OfficeNet:
-        """ResNet-18 HPS; ``width`` < 64 shrinks every channel count (tests only)."""
-        return OfficeNet(self.tasks, self.num_classes, width=width, pretrained_path=pretrained_path)
+    def build_model(self, width: int = 64, pretrained_path: str | os.PathLike | None = None,
+                    arch: str | None = None, **arch_options: Any) -> MTLModel:
+        """ResNet-18 HPS; ``width`` < 64 shrinks every channel count (tests only).
+        ``arch`` (hps, mmoe, mtan, cgc, dselect_k) recombines the same encoder and heads
+        into another architecture, every ResNet copy loaded from ``pretrained_path`` as
+        LibMTL loads each copy; cross_stitch, ple and ltb are refused (multi-input)."""
+        if arch in (None, "hps") and not arch_options:
+            return OfficeNet(self.tasks, self.num_classes, width=width,
+                             pretrained_path=pretrained_path)
+        spec = self.architecture_spec(width=width, pretrained_path=pretrained_path)
+        return architectures.build(arch or "hps", spec, **arch_options)
+
+    def architecture_spec(self, width: int = 64,
+                          pretrained_path: str | os.PathLike | None = None
+                          ) -> architectures.ArchSpec:
+        """The Office model as parts: :class:`OfficeEncoder` (its ResNet-18 trunk, then the
+        pool + hidden layer as MTAN's shared tail), Linear(8·width, C) heads, multi-input
+        3×S×S images."""
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"width must be a positive integer (64 = ResNet-18), got {width!r}")
+        d, classes = 8 * width, self.num_classes
+        return architectures.ArchSpec(
+            benchmark=self.name, tasks=self.tasks,
+            encoder=functools.partial(OfficeEncoder, width, pretrained_path),
+            head=lambda task: nn.Linear(d, classes),
+            input_shape=(3, self.image_size, self.image_size), multi_input=True,
+            resnet=_office_resnet,
+        )  # fmt: skip
 
     def make_loader(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                     rank: int = 0, world_size: int = 1, drop_last: bool = False,

@@ -1,0 +1,394 @@
+"""envs/architectures: LibMTL's eight architectures on the benchmarks' encoders.
+
+Parameter counts and output shapes are pinned to LibMTL's own classes run on the same
+encoders and heads (LibMTL commit 4336804847eaa5e0b924b743d76beec7ac3fdc97; how:
+docs/architectures.md §Checked against LibMTL), with independent arithmetic for the
+staged architectures on multi_digits, which LibMTL does not build (no ResNet there). The
+shared / task split is checked by what gradients reach, and every architecture takes
+optimiser steps through ``methods.backward``."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+import envs
+import methods
+from envs import architectures as A
+from envs.fixtures import dense as dfx
+from envs.fixtures import files as ffx
+
+TINY = 1 / 16
+EXPERTS = {"mmoe": {"num_experts": 2}, "cgc": {"num_experts": 1}, "ple": {"num_experts": 1},
+           "dselect_k": {"num_experts": 4, "num_nonzeros": 2}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return envs.create("multi_digits", n_train=32, n_val=8, n_test=8)
+
+
+@pytest.fixture(scope="module")
+def office_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("office31")
+    ffx.write_office(root, "office31", (6, 5, 7), seed=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def nyu_root(tmp_path_factory):
+    return dfx.write_nyuv2(tmp_path_factory.mktemp("nyu"), n_train=4, n_test=2)
+
+
+def _count(params) -> int:
+    return sum(p.numel() for p in params)
+
+
+def _start_epoch(model, epoch: int, epochs: int) -> None:
+    """What a trainer does: the benchmarks' own models have no epoch hook."""
+    if hasattr(model, "start_epoch"):
+        model.start_epoch(epoch, epochs)
+
+
+# ---------------------------------------------------------------------------------------
+# LibMTL parity: (total parameters, LibMTL get_share_params) from LibMTL's classes
+# ---------------------------------------------------------------------------------------
+
+#: NYUv2, LibMTL examples/nyu: resnet_dilated('resnet50') + DeepLabHead(2048, 13/1/3),
+#: gates sized for 3×32×64 inputs; every head output [2, c, 4, 8] before upsampling
+LIBMTL_NYUV2 = {
+    "hps": (71888721, 23508032), "cross_stitch": (118904821, 70524132),
+    "mtan": (92347921, 23508032), "mmoe": (95433623, 47016064),
+    "cgc": (142449687, 23508032), "ple": (142990383, 23508032),
+    "dselect_k": (142523427, 94032128), "ltb": (118904839, 70524150),
+}
+#: Office-31, LibMTL examples/office: resnet18 + pool + Linear/BN/ReLU/Dropout(512), 31
+#: classes, 224×224, multi-input (LibMTL refuses cross_stitch, ple and ltb)
+LIBMTL_OFFICE31 = {
+    "hps": (11487901, 11440192), "mtan": (19448605, 11440192), "mmoe": (23831267, 22880384),
+    "cgc": (46711651, 11440192), "dselect_k": (48517999, 45760768),
+}
+#: multi_digits: LibMTL's classes given mtlx's CNN encoder and Linear(64, 10) heads
+LIBMTL_DIGITS = {
+    "hps": (24596, 23296), "mmoe": (48680, 46592), "cgc": (71976, 23296),
+    "dselect_k": (96848, 93184),
+}
+
+
+@pytest.mark.parametrize("arch", list(LIBMTL_NYUV2))
+def test_nyuv2_resnet50_counts_and_shapes_equal_libmtl(arch):
+    bench = envs.create("nyuv2", model="resnet50_aspp")
+    spec = dataclasses.replace(bench.architecture_spec(width=1.0), input_shape=(3, 32, 64))
+    with torch.device("meta"):
+        model = A.build(arch, spec, **EXPERTS.get(arch, {}))
+        reps, _ = model.representations(torch.zeros(2, 3, 32, 64), spec.tasks)
+        heads = {t: tuple(model.heads[t](reps[t]).shape) for t in spec.tasks}
+    assert (_count(model.parameters()), _count(model.shared_parameters())) == LIBMTL_NYUV2[arch]
+    assert heads == {"segmentation": (2, 13, 4, 8), "depth": (2, 1, 4, 8), "normal": (2, 3, 4, 8)}
+
+
+@pytest.mark.parametrize("arch", A.available())
+def test_office31_counts_equal_libmtl_and_single_input_ones_are_refused(arch, office_root):
+    bench = envs.create("office31", root=office_root, image_size=224)
+    if arch not in LIBMTL_OFFICE31:
+        with pytest.raises(ValueError, match="multi-input") as e:
+            bench.build_model(arch=arch)
+        assert "hps, mmoe, mtan, cgc, dselect_k" in str(e.value)
+        return
+    logging.disable(logging.WARNING)
+    try:
+        with torch.device("meta"):
+            model = bench.build_model(arch=arch, **EXPERTS.get(arch, {}))
+            out = model(torch.zeros(2, 3, 224, 224), "dslr")
+    finally:
+        logging.disable(logging.NOTSET)
+    assert (_count(model.parameters()), _count(model.shared_parameters())) == LIBMTL_OFFICE31[arch]
+    assert tuple(out.shape) == (2, 31)
+
+
+#: independent arithmetic: encoder E = conv(1→16) 160 + conv(16→32) 4640 + Linear(288→64)
+#: 18496 = 23296; head Linear(64→10) 650; K = 2 blocks; T = 2 tasks; PLE gates read the
+#: inputs of the stem (196), block 1 (16·7·7 = 784) and block 2 (32·3·3 = 288)
+E, HEAD, T, K = 23296, 650, 2, 2
+DIGITS_ARITHMETIC = {
+    "cross_stitch": (T * E + K * T * T + T * HEAD, T * E + K * T * T),
+    "ltb": (T * E + (K + 2) * T * T + T * HEAD, T * E + (K + 2) * T * T),
+    "ple": (E + T * (E + (197 + 785 + 289) * 2 + HEAD), E),
+}
+
+
+@pytest.mark.parametrize("arch", A.available())
+def test_multi_digits_counts(arch, digits):
+    if arch == "mtan":
+        with pytest.raises(ValueError, match="not a ResNet.*accepts: hps, cross_stitch, mmoe"):
+            digits.build_model(arch=arch)
+        return
+    model = digits.build_model(arch=arch, **EXPERTS.get(arch, {}))
+    want = LIBMTL_DIGITS.get(arch) or DIGITS_ARITHMETIC[arch]
+    assert (_count(model.parameters()), _count(model.shared_parameters())) == want
+    rep, logits = model(torch.zeros(5, 1, 14, 14))
+    assert {t: tuple(v.shape) for t, v in logits.items()} == {"left": (5, 10), "right": (5, 10)}
+    assert (rep is not None) == (arch == "hps") == ("representation" in model.features)
+
+
+def test_generic_hps_is_the_benchmarks_own_model(digits):
+    own = digits.build_model()
+    generic = A.build("hps", digits.architecture_spec())
+    assert type(own).__name__ == "MultiDigitsNet" and isinstance(generic, A.HPS)
+    assert [p.shape for p in own.parameters()] == [p.shape for p in generic.parameters()]
+    torch.manual_seed(0)
+    a = digits.build_model(arch="hps")
+    torch.manual_seed(0)
+    b = digits.build_model()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.skipif(not os.environ.get("MTLX_LIBMTL"), reason="set MTLX_LIBMTL=<LibMTL checkout>")
+def test_against_libmtl_checkout(digits):
+    """Optional: rerun LibMTL's classes (a checkout's top folder in MTLX_LIBMTL)."""
+    pkg = types.ModuleType("LibMTL")  # skip LibMTL/__init__ (it imports its trainer)
+    pkg.__path__ = [os.path.join(os.environ["MTLX_LIBMTL"], "LibMTL")]
+    sys.modules.setdefault("LibMTL", pkg)
+    import LibMTL.architecture as L
+
+    from envs.multi_digits import digits_encoder
+
+    names = {"hps": "HPS", "mmoe": "MMoE", "cgc": "CGC", "dselect_k": "DSelect_k"}
+    largs = {"mmoe": dict(num_experts=[2]), "cgc": dict(num_experts=[1, 1, 1]),
+             "dselect_k": dict(num_experts=[4], num_nonzeros=2, kgamma=1.0)}
+    for arch, cls in names.items():
+        heads = torch.nn.ModuleDict({t: torch.nn.Linear(64, 10) for t in ("left", "right")})
+        ref = getattr(L, cls)(["left", "right"], digits_encoder, heads, False, False, "cpu",
+                              img_size=(1, 14, 14), **largs.get(arch, {}))
+        ours = digits.build_model(arch=arch, **EXPERTS.get(arch, {}))
+        assert _count(ref.parameters()) == _count(ours.parameters())
+        assert _count(ref.get_share_params()) == _count(ours.shared_parameters())
+
+
+# ---------------------------------------------------------------------------------------
+# the shared / task split, by what each task's loss reaches
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", [a for a in A.available() if a != "mtan"])
+def test_split_matches_what_each_loss_reaches(arch, digits):
+    torch.manual_seed(0)
+    model = digits.build_model(arch=arch, **EXPERTS.get(arch, {}))
+    _start_epoch(model, 5, 10)  # LTB past warm-up
+    shared = {id(p) for p in model.shared_parameters()}
+    own = {t: {id(p) for p in model.task_parameters(t)} for t in digits.tasks}
+    every = {id(p) for p in model.parameters()}
+    assert not shared & own["left"] and not own["left"] & own["right"]
+    assert shared | {id(p) for p in model.all_task_parameters()} == every
+    assert shared | own["left"] | own["right"] == every  # no parameter of several tasks
+    batch = next(iter(digits.make_loader("train", 8)))
+    loss = digits.forward_losses(model, batch).losses[0]  # task "left"
+    params = list(model.parameters())
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    reached = {id(p) for p, g in zip(params, grads) if g is not None and g.abs().sum() > 0}
+    assert not reached & own["right"]  # the right task's own parameters are not touched
+    assert reached & own["left"] and reached & shared
+
+
+def test_mtan_split_on_a_resnet(nyu_root):
+    bench = envs.create("nyuv2", root=nyu_root, model="resnet50_aspp", width=TINY)
+    model = A.build("mtan", bench.architecture_spec(layers=(2, 2, 2, 2)))
+    shared = {id(p) for p in model.shared_parameters()}
+    assert shared == {id(p) for p in [*model.stem.parameters(), *model.layers.parameters()]}
+    blocks = {id(p) for p in model.blocks.parameters()}
+    for t in bench.tasks:
+        own = {id(p) for p in model.task_parameters(t)}
+        assert own == {id(p) for p in [*model.masks[t].parameters(), *model.heads[t].parameters()]}
+        assert not own & blocks
+    assert blocks <= {id(p) for p in model.all_task_parameters()}
+
+
+# ---------------------------------------------------------------------------------------
+# training through the engine
+# ---------------------------------------------------------------------------------------
+
+
+def _steps(bench, model, batch, method, level="param", steps=2):
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    before = [p.detach().clone() for p in model.shared_parameters()]
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        fwd = bench.forward_losses(model, batch)
+        res = methods.backward(method, fwd.losses, model.shared_parameters(),
+                               model.all_task_parameters(), rep=fwd.rep, level=level)
+        assert torch.isfinite(res.weights).all()
+        opt.step()
+    moved = [not torch.equal(a, p) for a, p in zip(before, model.shared_parameters())]
+    assert any(moved)
+    return fwd
+
+
+@pytest.mark.parametrize("arch", [a for a in A.available() if a != "mtan"])
+def test_multi_digits_trains_param_level_and_rep_level_only_for_hps(arch, digits):
+    torch.manual_seed(0)
+    model = digits.build_model(arch=arch, **EXPERTS.get(arch, {}))
+    _start_epoch(model, 0, 2)
+    batch = next(iter(digits.make_loader("train", 16, shuffle=True)))
+    fwd = _steps(digits, model, batch, methods.create("pcgrad", 2, seed=0))
+    if arch == "hps":
+        _steps(digits, model, batch, methods.create("imtl_g", 2), level="rep")
+        return
+    assert fwd.rep is None and "representation" not in model.features
+    with pytest.raises(ValueError, match="needs the shared representation"):
+        methods.backward(methods.create("imtl_g", 2), fwd.losses, model.shared_parameters(),
+                         model.all_task_parameters(), rep=fwd.rep, level="rep")
+
+
+@pytest.mark.parametrize("arch", ["mmoe", "mtan", "dselect_k"])
+def test_office_multi_input_trains(arch, office_root, caplog):
+    bench = envs.create("office31", root=office_root, image_size=16)
+    torch.manual_seed(0)
+    with caplog.at_level(logging.ERROR):
+        model = bench.build_model(width=4, arch=arch, **EXPERTS.get(arch, {}))
+    batch = next(iter(bench.make_loader("train", 4, shuffle=True)))
+    fwd = _steps(bench, model, batch, methods.create("pcgrad", 3, seed=0))
+    assert fwd.rep is None and set(fwd.outputs["logits"]) == set(bench.tasks)
+
+
+@pytest.mark.parametrize("arch", A.available())
+def test_nyuv2_resnet_trains(arch, nyu_root):
+    bench = envs.create("nyuv2", root=nyu_root, model="resnet50_aspp", width=TINY)
+    torch.manual_seed(0)
+    spec = bench.architecture_spec(layers=(2, 2, 2, 2) if arch == "mtan" else (1, 1, 1, 1))
+    model = A.build(arch, spec, **EXPERTS.get(arch, {}))
+    _start_epoch(model, 0, 1)
+    batch = next(iter(bench.make_loader("train", 2)))
+    fwd = _steps(bench, model, batch, methods.create("pcgrad", 3, seed=0), steps=1)
+    assert fwd.outputs["segmentation"].shape == (2, 13, 32, 32)
+    assert torch.allclose(fwd.outputs["normal"].norm(dim=1), torch.ones(2, 32, 32), atol=1e-5)
+
+
+def test_celeba_architectures(tmp_path):
+    ffx.write_celeba(tmp_path, seed=1)
+    bench = envs.create("celeba", root=tmp_path, image_size=16)
+    spec = bench.architecture_spec(width=2)
+    assert A.accepted(spec) == [a for a in A.available() if a != "mtan"]
+    torch.manual_seed(0)
+    model = bench.build_model(width=2, arch="cross_stitch")
+    batch = next(iter(bench.make_loader("train", 4)))
+    fwd = _steps(bench, model, batch, methods.create("ew", 40), steps=1)
+    assert fwd.outputs["logits"].shape == (4, 40) and fwd.rep is None
+
+
+# ---------------------------------------------------------------------------------------
+# the mixing rules, independently
+# ---------------------------------------------------------------------------------------
+
+
+def test_mmoe_is_the_gated_sum_of_its_experts(digits):
+    torch.manual_seed(0)
+    model = digits.build_model(arch="mmoe", num_experts=3).eval()
+    x = torch.randn(4, 1, 14, 14)
+    reps, _ = model.representations(x, digits.tasks)
+    for t in digits.tasks:
+        w = torch.softmax(model.gates[t][0](x.flatten(1)), dim=1)
+        want = sum(w[:, e:e + 1] * model.experts[e](x) for e in range(3))
+        torch.testing.assert_close(reps[t], want)
+
+
+def test_cross_stitch_with_identity_units_is_independent_columns(digits):
+    model = digits.build_model(arch="cross_stitch").eval()
+    with torch.no_grad():
+        model.cross.copy_(torch.eye(2).expand(2, 2, 2))
+    x = torch.randn(3, 1, 14, 14)
+    reps, _ = model.representations(x, digits.tasks)
+    for i, t in enumerate(digits.tasks):
+        col = model.columns[i]
+        torch.testing.assert_close(reps[t], col[2](col[1](col[0](x))))
+
+
+def test_dselect_k_weights_are_a_distribution_and_the_smooth_step_is_smooth(digits):
+    from envs.architectures.mixture import smooth_step
+
+    g = 2.0
+    t = torch.tensor([-5.0, -1.0, 0.0, 1.0, 5.0])
+    assert smooth_step(t, g).tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]
+    eps = torch.tensor([-1.0 + 1e-4, 1.0 - 1e-4])
+    torch.testing.assert_close(smooth_step(eps, g), torch.tensor([0.0, 1.0]), atol=1e-6, rtol=0)
+    model = digits.build_model(arch="dselect_k", num_experts=8, num_nonzeros=3)
+    with torch.no_grad():
+        for p in model.z_logits.parameters():
+            p.normal_(0, 0.05)  # away from LibMTL's near-zero init, so weights are uneven
+        w = model.expert_weights(torch.randn(6, 196), "left")
+    assert w.shape == (6, 8) and (w >= 0).all()
+    torch.testing.assert_close(w.sum(1), torch.ones(6))
+    assert model.codes[5].tolist() == [True, False, True]  # 5 = 0b101, most significant first
+
+
+def test_ltb_warm_up_then_one_hot_links(digits, caplog):
+    model = digits.build_model(arch="ltb")
+    with caplog.at_level(logging.WARNING, logger="envs.architectures.columns"):
+        assert torch.equal(model.links(), torch.ones(4, 2, 2))
+    assert "start_epoch" in caplog.text
+    model.start_epoch(0, 200)  # 0 < 200 / 100: warm-up
+    assert torch.equal(model.links(), torch.ones(4, 2, 2))
+    model.start_epoch(3, 200)
+    a = model.links()
+    assert set(a.unique().tolist()) <= {0.0, 1.0} and torch.equal(a.sum(-1), torch.ones(4, 2))
+    with pytest.raises(ValueError, match="epoch < epochs"):
+        model.start_epoch(5, 5)
+
+
+# ---------------------------------------------------------------------------------------
+# options and refusals
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"arch": "resnet"}, "unknown architecture 'resnet'; choose one of: hps, cross_stitch"),
+        ({"arch": "mmoe", "kgamma": 2.0}, r"unknown option\(s\) \['kgamma'\] .*valid: num_experts"),
+        ({"num_experts": 2}, r"unknown option\(s\) \['num_experts'\] for architecture 'hps'"),
+        ({"arch": "dselect_k", "num_experts": 3}, "power of two"),
+        ({"arch": "cgc", "num_experts": [1, 2]}, r"list \[shared, one per task\] of 3"),
+        ({"arch": "mmoe", "num_experts": 0}, "integer >= 1"),
+        ({"arch": "mmoe", "depth": 3}, r"unknown model option\(s\) \[.depth.\].*arch=<hps\|"),
+    ],
+)
+def test_bad_options_are_named(options, match, digits):
+    with pytest.raises(ValueError, match=match):
+        digits.build_model(**options)
+
+
+def test_gates_refuse_another_input_size(digits):
+    model = digits.build_model(arch="cgc")
+    with pytest.raises(ValueError, match="196 values per sample"):
+        model(torch.zeros(2, 1, 16, 16))
+
+
+def test_segnet_mtan_takes_no_arch():
+    bench = envs.create("nyuv2")
+    with pytest.raises(ValueError, match="model='resnet50_aspp'"):
+        bench.build_model(arch="mmoe")
+
+
+def test_describe_lists_every_architecture_with_counts(digits):
+    rows = {r["arch"]: r for r in A.describe(digits)}
+    assert list(rows) == A.available()
+    assert not rows["mtan"]["accepted"] and "ResNet" in rows["mtan"]["reason"]
+    assert rows["cgc"]["parameters"] == LIBMTL_DIGITS["cgc"][0]
+    assert rows["ple"]["shared"] == DIGITS_ARITHMETIC["ple"][1]
+    assert rows["hps"]["representation"] == "shared" and rows["ltb"]["representation"] == "per task"
+    assert rows["mmoe"]["task_specific"] == rows["mmoe"]["parameters"] - rows["mmoe"]["shared"]
+    table = A.format_table(list(rows.values()))
+    assert "71,976" in table and "not applicable" in table
