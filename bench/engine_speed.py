@@ -7,12 +7,16 @@ Setups (issue 2 §5):
       64×64 inputs.
 
 Every (method, level) runs in its own subprocess so that peak RSS (ru_maxrss) is that
-method's alone. Run by hand, not in CI:
+method's alone, in ``--rounds`` rounds whose order alternates (forward, then reversed), so
+slow drift of the machine hits every method alike. The table reports the **median** over
+all timed steps of all rounds (``--steps`` per round after ``--warmup``; the defaults give
+2 × 6 = 12 timed steps per row) and, beside it, the minimum; × EW ratios are medians over
+medians of the same run. Run by hand, not in CI:
 
     .venv/bin/python bench/engine_speed.py --setup resnet18
-    .venv/bin/python bench/engine_speed.py --setup celeba40 --steps 3
+    .venv/bin/python bench/engine_speed.py --setup celeba40 --steps 3 --rounds 1
     .venv/bin/python bench/engine_speed.py --jacobian   # loop vs batched Jacobian
-    .venv/bin/python bench/engine_speed.py --nash        # Nash-MTL weight solve time
+    .venv/bin/python bench/engine_speed.py --solvers     # Nash-MTL and CAGrad/IMGrad solve times
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -98,9 +103,8 @@ def one(setup: str, name: str, level: str, steps: int, warmup: int, jac_mode: st
                 method.after_step(losses_fn()[0])
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    times.sort()
     return {
-        "method": name, "level": level, "sec_per_step": times[len(times) // 2], "min_sec": times[0],
+        "method": name, "level": level, "times": times,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -121,30 +125,34 @@ def cases():
     return out
 
 
-def run_all(setup: str, steps: int, warmup: int, jac_mode: str, only: list[str] | None) -> None:
-    rows = []
+def run_all(setup: str, steps: int, warmup: int, rounds: int, jac_mode: str,
+            only: list[str] | None) -> None:
     todo = [c for c in cases() if only is None or c[0] in only or c[0] == "ew"]
-    for name, level in todo:
-        cmd = [sys.executable, __file__, "--setup", setup, "--one", name, "--level", level,
-               "--steps", str(steps), "--warmup", str(warmup), "--jacobian-mode", jac_mode]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            print(f"{name}@{level}: FAILED\n{res.stderr[-2000:]}", file=sys.stderr)
-            continue
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-        print(f"  {name}@{level}: {rows[-1]['sec_per_step']:.3f} s/step", file=sys.stderr, flush=True)
-    ew = next(r for r in rows if r["method"] == "ew")
-    print(f"\nsetup={setup} steps={steps} (median) torch={torch.__version__} threads=2\n")
-    # The minimum over steps is the least-disturbed measurement (this VM's timing noise is
-    # external and one-sided); the median is shown beside it.
-    print("| method | level | min s/step | × EW (min) | median s/step | × EW (median) "
+    times: dict[tuple[str, str], list[float]] = {c: [] for c in todo}
+    rss: dict[tuple[str, str], float] = {}
+    for r in range(rounds):
+        for name, level in todo if r % 2 == 0 else todo[::-1]:
+            cmd = [sys.executable, __file__, "--setup", setup, "--one", name, "--level", level,
+                   "--steps", str(steps), "--warmup", str(warmup), "--jacobian-mode", jac_mode]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                print(f"{name}@{level}: FAILED\n{res.stderr[-2000:]}", file=sys.stderr)
+                continue
+            row = json.loads(res.stdout.strip().splitlines()[-1])
+            times[(name, level)] += row["times"]
+            rss[(name, level)] = max(rss.get((name, level), 0.0), row["peak_rss_mb"])
+            print(f"  round {r}: {name}@{level}: median {statistics.median(row['times']):.3f} "
+                  "s/step", file=sys.stderr, flush=True)
+    rows = [(k, statistics.median(v), min(v), rss[k]) for k, v in times.items() if v]
+    ew = next(r for r in rows if r[0][0] == "ew")
+    print(f"\nsetup={setup}, {rounds} round(s) × {steps} timed steps (after {warmup} warm-up) "
+          f"per row, alternating order; torch={torch.__version__}, threads=2\n")
+    print("| method | level | median s/step | × EW (median) | min s/step | × EW (min) "
           "| peak RSS MB | × EW memory |")
     print("|---|---|---|---|---|---|---|---|")
-    for r in sorted(rows, key=lambda r: (r["level"], r["min_sec"])):
-        print(f"| {r['method']} | {r['level']} | {r['min_sec']:.3f} | "
-              f"{r['min_sec'] / ew['min_sec']:.2f} | {r['sec_per_step']:.3f} | "
-              f"{r['sec_per_step'] / ew['sec_per_step']:.2f} | {r['peak_rss_mb']:.0f} | "
-              f"{r['peak_rss_mb'] / ew['peak_rss_mb']:.2f} |")
+    for (name, level), med, low, mem in sorted(rows, key=lambda r: (r[0][1], r[1])):
+        print(f"| {name} | {level} | {med:.3f} | {med / ew[1]:.2f} | {low:.3f} | "
+              f"{low / ew[2]:.2f} | {mem:.0f} | {mem / ew[3]:.2f} |")
 
 
 def bench_jacobian(setup: str, reps: int = 5) -> None:
@@ -168,23 +176,43 @@ def bench_jacobian(setup: str, reps: int = 5) -> None:
         print(f"{setup} jacobian {mode}: median {sorted(ts)[reps // 2]:.3f} s (T={T})")
 
 
-def bench_nash() -> None:
+def _solver_inputs(T: int, n: int, seed: int):
+    """Random Gramians, every third ill-scaled (task norms 10⁻⁴…10³ apart)."""
+    g = torch.Generator().manual_seed(seed)
+    for k in range(n):
+        G = torch.randn(T, 50, generator=g, dtype=torch.float64)
+        if k % 3 == 0:
+            G = G * 10.0 ** (torch.rand(T, 1, generator=g, dtype=torch.float64) * 7 - 4)
+        else:
+            G = G * torch.rand(T, 1, generator=g, dtype=torch.float64) * 3
+        yield (G @ G.T).numpy()
+
+
+def bench_solvers(n: int = 300) -> None:
+    import math
+
+    from methods.cagrad import cagrad_dual_weights
     from methods.solvers import nash_weights
 
-    g = torch.Generator().manual_seed(0)
-    for T in (2, 3, 5, 10):
-        times, iters = [], []
-        for _ in range(200):
-            G = torch.randn(T, 50, generator=g, dtype=torch.float64) * torch.rand(T, 1, generator=g,
-                                                                                  dtype=torch.float64) * 3
-            K = (G @ G.T).numpy()
-            t0 = time.perf_counter()
-            _, it, ok = nash_weights(K)
-            times.append(time.perf_counter() - t0)
-            iters.append(it)
-        times.sort()
-        print(f"nash T={T}: median {times[100] * 1e3:.3f} ms, p95 {times[190] * 1e3:.3f} ms, "
-              f"mean iterations {sum(iters) / len(iters):.1f}")
+    print("| solver | T | median ms | p95 ms | mean iterations | max iterations | failures |")
+    print("|---|---|---|---|---|---|---|")
+    for label in ("nash_mtl", "cagrad dual (c=0.4)"):
+        for T in (2, 3, 5, 10):
+            times, iters, fails = [], [], 0
+            for K in _solver_inputs(T, n, seed=T):
+                t0 = time.perf_counter()
+                if label == "nash_mtl":
+                    _, it, ok = nash_weights(K)
+                else:
+                    sol = cagrad_dual_weights(K, 0.4 * math.sqrt(K.mean() + 1e-8) + 1e-8)
+                    it, ok = sol.iterations, sol.converged
+                times.append(time.perf_counter() - t0)
+                iters.append(it)
+                fails += not ok
+            times.sort()
+            print(f"| {label} | {T} | {statistics.median(times) * 1e3:.3f} | "
+                  f"{times[int(0.95 * n)] * 1e3:.3f} | {statistics.mean(iters):.1f} | "
+                  f"{max(iters)} | {fails} |")
 
 
 def main() -> None:
@@ -192,21 +220,23 @@ def main() -> None:
     ap.add_argument("--setup", default="resnet18", choices=["resnet18", "celeba40"])
     ap.add_argument("--one")
     ap.add_argument("--level", default="param")
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--jacobian-mode", default="auto")
     ap.add_argument("--only", help="comma-separated method names (EW always included)")
     ap.add_argument("--jacobian", action="store_true")
-    ap.add_argument("--nash", action="store_true")
+    ap.add_argument("--solvers", action="store_true")
     a = ap.parse_args()
     if a.one:
         print(json.dumps(one(a.setup, a.one, a.level, a.steps, a.warmup, a.jacobian_mode)))
     elif a.jacobian:
         bench_jacobian(a.setup)
-    elif a.nash:
-        bench_nash()
+    elif a.solvers:
+        bench_solvers()
     else:
-        run_all(a.setup, a.steps, a.warmup, a.jacobian_mode, a.only.split(",") if a.only else None)
+        run_all(a.setup, a.steps, a.warmup, a.rounds, a.jacobian_mode,
+                a.only.split(",") if a.only else None)
 
 
 if __name__ == "__main__":

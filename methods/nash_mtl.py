@@ -16,7 +16,7 @@ checked stopping rule max_t |α_t (Kα)_t − 1| < 1e-6. Started from the previo
 reference warm-starts) and, if that does not converge, from α_t = 1/‖g_t‖ (exact for
 orthogonal gradients): on random, near-collinear and ill-conditioned K (task norms 10⁻⁴…10³
 apart, cond(K) up to 1e12) for T = 2..10 it converges in ≤ 17 iterations
-(tests/test_methods_solver_fidelity.py; timing: ``bench/engine_speed.py --nash``).
+(tests/test_methods_solver_fidelity.py; timing: ``bench/engine_speed.py --solvers``).
 ``optim_niter`` caps the Newton iterations per start (reference: CCP iterations, each one
 ECOS solve). At the solution ‖d‖² = αᵀKα = Σ_t α_t (Kα)_t = T, so the default clipping to
 ``max_norm`` 1 always rescales d by 1/√T (as in the reference).
