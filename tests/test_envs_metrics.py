@@ -22,113 +22,88 @@ from envs.metrics import (
     delta_p,
     rounding_bound,
 )
+from orchestrator.reproduce.tables import get_table, load_all
 
 # ---------------------------------------------------------------------------------------
-# Δm / Δp against published numbers (research/benchmarks.md §1–§3, §5)
+# Δm / Δp against published numbers: the rows of the shipped tables
+# (orchestrator/reproduce/tables/*.yaml, the one transcription of them; docs/reproduce.md)
 # ---------------------------------------------------------------------------------------
 
-NYU_SPEC = {
-    "segmentation": [Metric("miou", True), Metric("pixel_acc", True)],
-    "depth": [Metric("abs_err", False), Metric("rel_err", False)],
-    "normal": [
-        Metric("mean", False), Metric("median", False), Metric("within_11.25", True),
-        Metric("within_22.5", True), Metric("within_30", True),
-    ],
-}  # fmt: skip
-NYU_NAMES = [(t, m.name) for t, ms in NYU_SPEC.items() for m in ms]
-NYU_DECIMALS = [2, 2, 4, 4, 2, 2, 2, 2, 2]
-NYU_STL = [38.30, 63.76, 0.6754, 0.2780, 25.01, 19.21, 30.14, 57.20, 69.15]
-
-# SegNet-MTAN rows: Nash-MTL Tab. 2, CAGrad Tab. 1, MoCo/FAMO as quoted by NTKMTL/IMGrad.
-NYU_ROWS = {
-    "LS": ([39.29, 65.33, 0.5493, 0.2263, 28.15, 23.96, 22.09, 47.50, 61.08], 5.59),
-    "SI": ([38.45, 64.27, 0.5354, 0.2201, 27.60, 23.37, 22.53, 48.57, 62.32], 4.39),
-    "RLW": ([37.17, 63.77, 0.5759, 0.2410, 28.27, 24.18, 22.26, 47.05, 60.62], 7.78),
-    "DWA": ([39.11, 65.31, 0.5510, 0.2285, 27.61, 23.18, 24.17, 50.18, 62.39], 3.57),
-    "UW": ([36.87, 63.17, 0.5446, 0.2260, 27.04, 22.61, 23.54, 49.05, 63.65], 4.05),
-    "MGDA": ([30.47, 59.90, 0.6070, 0.2555, 24.88, 19.45, 29.18, 56.88, 69.36], 1.38),
-    "PCGrad": ([38.06, 64.64, 0.5550, 0.2325, 27.41, 22.80, 23.86, 49.83, 63.14], 3.97),
-    "GradDrop": ([39.39, 65.12, 0.5455, 0.2279, 27.48, 22.96, 23.38, 49.44, 62.87], 3.58),
-    "CAGrad": ([39.79, 65.49, 0.5486, 0.2250, 26.31, 21.58, 25.61, 52.36, 65.58], 0.20),
-    "Nash-MTL": ([40.13, 65.93, 0.5261, 0.2171, 25.26, 20.08, 28.40, 55.47, 68.15], -4.04),
-    "MoCo": ([40.30, 66.07, 0.5575, 0.2135, 26.67, 21.83, 25.61, 51.78, 64.85], 0.16),
-    "FAMO": ([38.88, 64.90, 0.5474, 0.2194, 25.06, 19.57, 29.21, 56.61, 68.98], -4.10),
-}
-
-CITY_SPEC = {
-    "segmentation": [Metric("miou", True), Metric("pixel_acc", True)],
-    "depth": [Metric("abs_err", False), Metric("rel_err", False)],
-}
-CITY_NAMES = [(t, m.name) for t, ms in CITY_SPEC.items() for m in ms]
-CITY_DECIMALS = [2, 2, 4, 2]
-CITY_STL = [74.01, 93.16, 0.0125, 27.77]
-# Nash-MTL Tab. 3, CAGrad Tab. 2, IMGrad Tab. 2.
-CITY_ROWS = {
-    "LS": ([75.18, 93.49, 0.0155, 46.77], 22.60),
-    "SI": ([70.95, 91.73, 0.0161, 33.83], 14.11),
-    "RLW": ([74.57, 93.41, 0.0158, 47.79], 24.38),
-    "DWA": ([75.24, 93.52, 0.0160, 44.37], 21.45),
-    "UW": ([72.02, 92.85, 0.0140, 30.13], 5.89),
-    "MGDA": ([68.84, 91.54, 0.0309, 33.50], 44.14),
-    "PCGrad": ([75.13, 93.48, 0.0154, 42.07], 18.29),
-    "GradDrop": ([75.27, 93.53, 0.0157, 47.54], 23.73),
-    "CAGrad": ([75.16, 93.48, 0.0141, 37.60], 11.64),
-    "IMTL-G": ([75.33, 93.49, 0.0135, 38.41], 11.10),
-    "Nash-MTL": ([75.41, 93.66, 0.0129, 35.02], 6.82),
-    "MoCo": ([75.42, 93.55, 0.0149, 34.19], 9.90),
-    "FAMO": ([74.54, 93.29, 0.0145, 32.59], 8.13),
-    "IMGrad": ([75.13, 93.45, 0.0128, 34.95], 6.61),
-}
+_FNS = {"delta_m": delta_m, "delta_p": delta_p,
+        "delta_m_improvement": lambda r, ref, spec: -delta_m(r, ref, spec)}
 
 
-def _table(names, values):
-    out: dict[str, dict[str, float]] = {}
-    for (t, m), v in zip(names, values):
-        out.setdefault(t, {})[m] = v
+def _checkable():
+    """(table, row) pairs whose Δ can be recomputed from printed values: a convention of ours,
+    complete printed values for the row and its reference, and a printed Δ."""
+    out = []
+    for t in load_all():
+        if t.delta_kind not in _FNS or t.reference is None:
+            continue
+        ref = t.printed(t.row(t.reference))
+        for r in t.rows:
+            if r.id != t.reference and ref and t.printed(r) and r.delta.value is not None:
+                out.append((t, r))
     return out
 
 
-@pytest.mark.parametrize("row", sorted(NYU_ROWS))
-def test_delta_m_reproduces_published_nyuv2_rows(row):
-    values, published = NYU_ROWS[row]
-    res, ref = _table(NYU_NAMES, values), _table(NYU_NAMES, NYU_STL)
-    # The table's values are rounded: the published Δm (itself rounded to 0.01) must lie
-    # within the propagated rounding of the recomputation.
-    tol = rounding_bound(res, ref, NYU_SPEC, _table(NYU_NAMES, NYU_DECIMALS)) + 0.005
-    assert tol < 0.03
-    assert delta_m(res, ref, NYU_SPEC) == pytest.approx(published, abs=tol)
+CHECKABLE = _checkable()
 
 
-@pytest.mark.parametrize("row", sorted(CITY_ROWS))
-def test_delta_m_reproduces_published_cityscapes_rows(row):
-    values, published = CITY_ROWS[row]
-    res, ref = _table(CITY_NAMES, values), _table(CITY_NAMES, CITY_STL)
-    # AbsErr printed as 0.0129 carries ±0.4 % rounding: the bound is ≈0.11 here, which is
-    # why Nash-MTL's row recomputes to 6.72 while 6.82 is published (benchmarks.md §1.1).
-    tol = rounding_bound(res, ref, CITY_SPEC, _table(CITY_NAMES, CITY_DECIMALS)) + 0.005
-    assert tol < 0.12
-    assert delta_m(res, ref, CITY_SPEC) == pytest.approx(published, abs=tol)
+def _recompute(t, r):
+    """(recomputed Δ, tolerance): the printed rounding of the values propagated into Δ, plus
+    half a unit of the printed Δ's last digit."""
+    res, ref = t.printed(r), t.printed(t.row(t.reference))
+    dec = r.decimals or [c.decimals for c in t.columns]
+    decimals = {}
+    for c, d in zip(t.columns, dec):
+        decimals.setdefault(c.task, {})[c.metric] = d
+    tol = rounding_bound(res, ref, t.spec, decimals) + 0.5 * 10.0 ** -t.delta_decimals
+    return _FNS[t.delta_kind](res, ref, t.spec), tol
 
 
-def test_delta_m_known_inconsistent_rows():
-    """Rows whose published Δm the table cannot give (benchmarks.md §1.1: compare against the
-    published column): IMTL-G on NYUv2 is printed −0.76 but its values give −0.60; IMGrad
-    reprints it as −0.59 and CAGrad as 0.29, recomputed with depth errors (and, as this shows,
-    the STL depth errors 0.68/0.28) rounded to two decimals."""
-    ref = _table(NYU_NAMES, NYU_STL)
-    imtl = _table(NYU_NAMES, [39.35, 65.60, 0.5426, 0.2256, 26.02, 21.19, 26.20, 53.13, 66.24])
-    assert delta_m(imtl, ref, NYU_SPEC) == pytest.approx(-0.600, abs=0.002)
-    ref2 = _table(NYU_NAMES, [38.30, 63.76, 0.68, 0.28, 25.01, 19.21, 30.14, 57.20, 69.15])
-    cagrad2 = _table(NYU_NAMES, [39.79, 65.49, 0.55, 0.23, 26.31, 21.58, 25.61, 52.36, 65.58])
-    imtl2 = _table(NYU_NAMES, [39.35, 65.60, 0.54, 0.23, 26.02, 21.19, 26.20, 53.13, 66.24])
-    assert delta_m(cagrad2, ref2, NYU_SPEC) == pytest.approx(0.29, abs=0.005)
-    assert delta_m(imtl2, ref2, NYU_SPEC) == pytest.approx(-0.59, abs=0.005)
+@pytest.mark.parametrize("t, r", [(t, r) for t, r in CHECKABLE if not r.misprint],
+                         ids=lambda x: getattr(x, "id", ""))
+def test_delta_reproduces_published_rows(t, r):
+    """The published Δ (rounded) lies within the propagated rounding of its recomputation from
+    the printed values: rounding_bound ≈ 0.02 on NYUv2, ≈ 0.11 on Cityscapes (AbsErr 0.0129
+    carries ±0.4 %, which is why Nash-MTL's row recomputes to 6.72 while 6.82 is printed)."""
+    value, tol = _recompute(t, r)
+    assert tol < 0.5
+    assert value == pytest.approx(r.delta.value, abs=tol)
+
+
+@pytest.mark.parametrize("t, r", [(t, r) for t, r in CHECKABLE if r.misprint],
+                         ids=lambda x: getattr(x, "id", ""))
+def test_rows_marked_misprinted_really_disagree(t, r):
+    """Every `misprint` note is backed by arithmetic: the printed Δ is outside the rounding of
+    its recomputation (IMTL-G on NYUv2: −0.60, printed −0.76; Office-Home CAGrad ...)."""
+    value, tol = _recompute(t, r)
+    assert abs(value - r.delta.value) > tol
+
+
+def test_known_misprints_are_flagged_and_recompute_as_documented():
+    nyu = get_table("nyuv2_segnet_mtan")
+    imtl, stl, cagrad = nyu.row("IMTL-G"), nyu.row("STL"), nyu.row("CAGrad")
+    assert imtl.misprint and "−0.60" in imtl.misprint
+    assert delta_m(nyu.printed(imtl), nyu.printed(stl), nyu.spec) == pytest.approx(-0.600, abs=0.002)
+    # IMGrad reprints the rows with depth errors (and, as this shows, the STL depth errors
+    # 0.68/0.28) rounded to two decimals: CAGrad 0.29, IMTL-G −0.59 (table notes)
+    def depth2(row):
+        return {t: {m: round(v, 2) if t == "depth" else v for m, v in ms.items()}
+                for t, ms in nyu.printed(row).items()}
+    assert delta_m(depth2(cagrad), depth2(stl), nyu.spec) == pytest.approx(0.29, abs=0.005)
+    assert delta_m(depth2(imtl), depth2(stl), nyu.spec) == pytest.approx(-0.59, abs=0.005)
+    home = get_table("office_home_resnet18")
+    values = home.printed(home.row("CAGrad"))
+    assert "77.67" in home.row("CAGrad").misprint
+    assert sum(v["acc"] for v in values.values()) / 4 == pytest.approx(77.67, abs=0.005)
 
 
 def test_delta_p_task_level_differs_from_delta_m():
-    """CAGrad's NYUv2 row: Δm = +0.20 (metric level) but about 4.3 % better at task level
-    (benchmarks.md §1.2)."""
-    res, ref = _table(NYU_NAMES, NYU_ROWS["CAGrad"][0]), _table(NYU_NAMES, NYU_STL)
+    """CAGrad's NYUv2 row: Δm = +0.20 (metric level) but about 4.3 % better at task level."""
+    nyu = get_table("nyuv2_segnet_mtan")
+    res, ref = nyu.printed(nyu.row("CAGrad")), nyu.printed(nyu.row("STL"))
     # by hand: seg (+0.03890 +0.02713)/2, depth (0.18774 + 0.19065)/2, normal mean of 5
     seg = ((39.79 - 38.30) / 38.30 + (65.49 - 63.76) / 63.76) / 2
     dep = ((0.6754 - 0.5486) / 0.6754 + (0.2780 - 0.2250) / 0.2780) / 2
@@ -136,36 +111,33 @@ def test_delta_p_task_level_differs_from_delta_m():
         (25.01 - 26.31) / 25.01 + (19.21 - 21.58) / 19.21 + (25.61 - 30.14) / 30.14
         + (52.36 - 57.20) / 57.20 + (65.58 - 69.15) / 69.15
     ) / 5  # fmt: skip
-    assert delta_p(res, ref, NYU_SPEC) == pytest.approx(100 * (seg + dep + nor) / 3, rel=1e-12)
-    assert delta_p(res, ref, NYU_SPEC) == pytest.approx(4.33, abs=0.005)
+    assert delta_p(res, ref, nyu.spec) == pytest.approx(100 * (seg + dep + nor) / 3, rel=1e-12)
+    assert delta_p(res, ref, nyu.spec) == pytest.approx(4.33, abs=0.005)
 
 
-OFFICE31 = {"amazon": 86.61, "dslr": 95.63, "webcam": 96.85}
-OFFICE_HOME = {"Art": 65.59, "Clipart": 79.60, "Product": 90.47, "Real_World": 80.00}
+@pytest.mark.parametrize("table_id", ["office31_resnet18", "office_home_resnet18"])
+def test_office_delta_p_is_minus_delta_m_with_one_metric_per_task(table_id):
+    t = get_table(table_id)
+    ref = t.printed(t.row("STL"))
+    rows = [r for r in t.rows if r.method != "stl"]
+    assert len(rows) >= 3
+    for r in rows:
+        res = t.printed(r)
+        assert delta_p(res, ref, t.spec) == pytest.approx(-delta_m(res, ref, t.spec), rel=1e-12)
 
 
-@pytest.mark.parametrize(
-    "stl, values, published",
-    [
-        (OFFICE31, [83.53, 97.27, 96.85], -0.61),  # EW, Rep-MTL Tab. 5
-        (OFFICE31, [83.65, 95.63, 96.85], -1.14),  # CAGrad
-        (OFFICE31, [85.01, 97.54, 97.41], 0.24),  # Nash-MTL
-        (OFFICE31, [85.12, 98.63, 98.51], 1.05),  # DB-MTL
-        (OFFICE_HOME, [65.34, 78.04, 89.80, 79.50], -0.92),  # EW, Rep-MTL Tab. 3
-        # (Office-Home CAGrad, 64.01/77.50/89.65/79.53 → −1.50, is left out: its values
-        # average to 77.67, not the 77.73 printed beside them, so one value is misprinted.)
-        (OFFICE_HOME, [66.29, 78.76, 90.04, 80.11], -0.08),  # Nash-MTL
-    ],
-)
-def test_delta_p_reproduces_published_office_rows(stl, values, published):
-    spec = {t: [Metric("accuracy", True)] for t in stl}
-    ref = {t: {"accuracy": v} for t, v in stl.items()}
-    res = {t: {"accuracy": v} for t, v in zip(stl, values)}
-    decimals = {t: {"accuracy": 2} for t in stl}
-    tol = rounding_bound(res, ref, spec, decimals) + 0.005
-    assert delta_p(res, ref, spec) == pytest.approx(published, abs=tol)
-    # one metric per task: task-level and metric-level agree up to the sign
-    assert delta_p(res, ref, spec) == pytest.approx(-delta_m(res, ref, spec), rel=1e-12)
+def test_checked_rows_cover_the_transcribed_tables():
+    """The parametrised checks really run: every transcribed row with a printed Δ and values."""
+    ids = {(t.id, r.id) for t, r in CHECKABLE}
+    assert len([1 for t, _ in CHECKABLE if t.id == "nyuv2_segnet_mtan"]) == 14
+    assert len([1 for t, _ in CHECKABLE if t.id == "cityscapes_segnet_mtan"]) == 14
+    assert {("office31_resnet18", "DB-MTL"), ("office_home_resnet18", "CAGrad"),
+            ("pomsi_nyuv2", "MSI"), ("cagrad_nyuv2_c_sensitivity", "c=0.4"),
+            ("qm9_nash_mtl", "Nash-MTL")} <= ids
+    # four-decimal SegNet rows are tight checks (IMGrad prints depth with 2 decimals: ≈0.3)
+    segnet = [_recompute(t, r)[1] for t, r in CHECKABLE
+              if t.id.endswith("segnet_mtan") and not r.decimals]
+    assert max(segnet) < 0.12
 
 
 def test_delta_m_sign_units_and_key_handling():

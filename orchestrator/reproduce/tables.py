@@ -67,7 +67,7 @@ class Value:
     def __str__(self) -> str:
         if self.value is None:
             return "—"
-        return f"{self.value:g}" + (f" ± {self.spread:g}" if self.spread is not None else "")
+        return f"{self.value:g}" + (f" ± {self.spread:.3g}" if self.spread is not None else "")
 
 
 @dataclass(frozen=True)
