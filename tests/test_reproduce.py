@@ -268,6 +268,9 @@ def test_report_against_runs_made_with_mtlx_run(tmp_path, capsys):
     assert (out / "reproduce" / "multi_digits_loss_scale.png").stat().st_size > 0
     md = markdown(cmp)
     assert "no finished runs yet: EW" in md and "Kendall τ" in md
+    capsys.readouterr()
+    assert rcli.report_against(str(out), "office31_resnet18") == 2  # nothing of it in there
+    assert "no finished run in" in capsys.readouterr().err
 
 
 def test_reproduce_smoke_of_a_nyuv2_table_on_a_fixture(tmp_path, capsys):

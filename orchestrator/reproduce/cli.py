@@ -134,6 +134,7 @@ def report_against(results: str, table_id: str, fmt: str = "markdown",
         table = get_table(table_id)
         if table.needs is not None:
             raise GridError(f"table {table.id!r} is not expressible in mtlx yet: needs {table.needs}")
+        _check_matches(table, results)
         text = write_outputs(table, results, None, fmt, plots)
     except (TableError, GridError) as e:
         print(f"mtlx: error: {e}", file=sys.stderr)
@@ -142,6 +143,17 @@ def report_against(results: str, table_id: str, fmt: str = "markdown",
         raise ConfigError(str(e)) from None
     print(text, end="")
     return 0
+
+
+def _check_matches(table: Any, results: str) -> None:
+    from orchestrator.reproduce.compare import match_rows, read_results
+
+    runs, _ = read_results(results)
+    if not match_rows(table, runs)[0]:
+        present = sorted({str(b) for b in runs.get("benchmark", [])})
+        raise GridError(f"no finished run in {results!r} matches a row of {table.id!r} "
+                        f"(benchmark {table.benchmark}); benchmarks there: {present or 'none'}; "
+                        f"fix: run the grid with `mtlx reproduce {table.id}` or `mtlx run`")
 
 
 def list_text() -> str:

@@ -134,9 +134,11 @@ def plot(cmp: Comparison, path: str | Path) -> Path:
     labels = [r.row.id for r in cmp.rows]
     for ax, (name, i) in zip(axes.flat, panels):
         cmps = [r.metrics[i] if i is not None else r.delta for r in cmp.rows]
-        for k, c in enumerate(cmps):
+        for k, (c, r) in enumerate(zip(cmps, cmp.rows)):
             if c is None:
                 continue
+            if c.published.value is None and i is None and r.delta_printed_values is not None:
+                ax.plot(k - 0.12, r.delta_printed_values, "ks", mfc="none", ms=4)  # recomputed
             if c.published.value is not None:
                 ax.errorbar(k - 0.12, c.published.value, yerr=c.published.spread, fmt="ks",
                             ms=4, capsize=2, label="published" if k == 0 else None)
@@ -148,7 +150,8 @@ def plot(cmp: Comparison, path: str | Path) -> Path:
         ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(f"{t.id}: published (■) vs reproduced (●, mean ± std over seeds)", fontsize=10)
+    fig.suptitle(f"{t.id}: published (■; □ = Δ recomputed from printed values) vs reproduced "
+                 "(●, mean ± std over seeds)", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
