@@ -484,6 +484,8 @@ def fit(
     model.train()
     for epoch in range(epochs):
         method.start_epoch(epoch, epochs)
+        if hasattr(model, "start_epoch"):  # architectures whose forward follows progress (LTB)
+            model.start_epoch(epoch, epochs)
         loader.set_epoch(epoch)
         for batch in loader:
             opt.zero_grad(set_to_none=True)

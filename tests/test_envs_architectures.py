@@ -157,26 +157,122 @@ def test_generic_hps_is_the_benchmarks_own_model(digits):
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
-@pytest.mark.skipif(not os.environ.get("MTLX_LIBMTL"), reason="set MTLX_LIBMTL=<LibMTL checkout>")
-def test_against_libmtl_checkout(digits):
-    """Optional: rerun LibMTL's classes (a checkout's top folder in MTLX_LIBMTL)."""
-    pkg = types.ModuleType("LibMTL")  # skip LibMTL/__init__ (it imports its trainer)
+def _libmtl():
+    """LibMTL's architecture package from the checkout in MTLX_LIBMTL, without running
+    LibMTL/__init__ (it imports the trainer and every weighting)."""
+    pkg = types.ModuleType("LibMTL")
     pkg.__path__ = [os.path.join(os.environ["MTLX_LIBMTL"], "LibMTL")]
     sys.modules.setdefault("LibMTL", pkg)
     import LibMTL.architecture as L
 
+    return L
+
+
+LIBMTL_NAMES = {"hps": "HPS", "cross_stitch": "Cross_stitch", "mtan": "MTAN", "mmoe": "MMoE",
+                "cgc": "CGC", "ple": "PLE", "dselect_k": "DSelect_k", "ltb": "LTB"}
+
+
+def _libmtl_args(arch: str, T: int, img) -> dict:
+    return {"mmoe": dict(img_size=img, num_experts=[2]),
+            "cgc": dict(img_size=img, num_experts=[1] * (T + 1)),
+            "ple": dict(img_size=img, num_experts=[1] * (T + 1)),
+            "dselect_k": dict(img_size=img, num_experts=[4], num_nonzeros=2, kgamma=1.0),
+            }.get(arch, {})
+
+
+def _copy_libmtl_weights(arch: str, ref, ours, tasks) -> None:
+    """Load LibMTL model ``ref``'s weights into ``ours``, module by module."""
+    pairs = []
+    if arch == "hps":
+        pairs = [(ref.encoder, ours.encoder)]
+    elif arch in ("mmoe", "cgc", "dselect_k"):
+        pairs = [(ref.experts_shared, ours.experts)]
+        if arch == "cgc":
+            pairs += [(ref.experts_specific, ours.task_experts)]
+        if arch == "dselect_k":
+            pairs += [(ref._z_logits, ours.z_logits), (ref._w_logits, ours.w_logits)]
+        else:
+            pairs += [(ref.gate_specific, ours.gates)]
+    elif arch in ("cross_stitch", "ltb"):
+        enc = ref.encoder
+        for t, task in enumerate(tasks):
+            pairs += [(enc.resnet_conv[task], ours.columns[t][0])]
+            pairs += [(enc.resnet_layer[str(i)][t], ours.columns[t][i + 1]) for i in range(4)]
+        with torch.no_grad():
+            (ours.cross if arch == "cross_stitch" else ours.alpha).copy_(
+                enc.cross_unit if arch == "cross_stitch" else enc.alpha)
+    elif arch == "ple":
+        enc = ref.encoder
+        for i in range(5):
+            pairs += [(enc.shared_layer[str(i)][0], ours.experts[0][i])]
+            pairs += [(enc.specific_layer[str(i)][task][0], ours.task_experts[task][0][i])
+                      for task in tasks]
+        pairs += [(enc.gate_specific, ours.gates)]
+    elif arch == "mtan":
+        enc = ref.encoder
+        pairs = [(enc.shared_conv, ours.stem), (enc.shared_layer["0"][0], ours.layers[0][0])]
+        pairs += [(enc.shared_layer[str(i)][j], ours.layers[i][j]) for i in range(4) for j in (0, 1)]
+        pairs += [(enc.encoder_att[str(i)][t], ours.masks[task][i])
+                  for i in range(4) for t, task in enumerate(tasks)]
+        pairs += [(enc.encoder_block_att, ours.blocks)]
+    for a, b in pairs:
+        b.load_state_dict(a.state_dict())
+    if arch == "dselect_k":
+        # LibMTL casts '0'/'1' strings to bool, so all its codes are True (NumPy makes every
+        # non-empty string True); compare with the codes it means (docs §DSelect-k)
+        assert bool(ref._binary_codes.all())
+        ref._binary_codes = ours.codes.unsqueeze(0)
+
+
+@pytest.mark.skipif(not os.environ.get("MTLX_LIBMTL"), reason="set MTLX_LIBMTL=<LibMTL checkout>")
+@pytest.mark.parametrize("arch", A.available())
+def test_same_representations_as_libmtl_on_resnet50(arch):
+    """Optional: LibMTL's class and ours, same weights, same per-task representations."""
+    L = _libmtl()
+    from LibMTL.model import resnet_dilated
+
+    bench = envs.create("nyuv2", model="resnet50_aspp")
+    tasks = bench.tasks
+    spec = dataclasses.replace(bench.architecture_spec(width=1.0), input_shape=(3, 32, 32))
+    torch.manual_seed(0)
+    identity = torch.nn.ModuleDict({t: torch.nn.Identity() for t in tasks})
+    ref = getattr(L, LIBMTL_NAMES[arch])(
+        list(tasks), lambda: resnet_dilated("resnet50", pretrained=False), identity, False,
+        False, "cpu", **_libmtl_args(arch, len(tasks), (3, 32, 32)))
+    ours = A.build(arch, spec, **EXPERTS.get(arch, {}))
+    _copy_libmtl_weights(arch, ref, ours, tasks)
+    assert _count(ref.parameters()) == _count(ours.parameters()) - _count(ours.heads.parameters())
+    ref.eval(), ours.eval()
+    ref.epoch, ref.epochs = 3, 10  # LTB past warm-up: the same Gumbel draw from the same seed
+    ours.start_epoch(3, 10)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        want = ref(x)
+        torch.manual_seed(1)
+        got, _ = ours.representations(x, tasks)
+    for t in tasks:
+        torch.testing.assert_close(got[t], want[t], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not os.environ.get("MTLX_LIBMTL"), reason="set MTLX_LIBMTL=<LibMTL checkout>")
+@pytest.mark.parametrize("arch", ["hps", "mmoe", "cgc", "dselect_k"])
+def test_same_representations_as_libmtl_on_multi_digits(arch, digits):
+    L = _libmtl()
     from envs.multi_digits import digits_encoder
 
-    names = {"hps": "HPS", "mmoe": "MMoE", "cgc": "CGC", "dselect_k": "DSelect_k"}
-    largs = {"mmoe": dict(num_experts=[2]), "cgc": dict(num_experts=[1, 1, 1]),
-             "dselect_k": dict(num_experts=[4], num_nonzeros=2, kgamma=1.0)}
-    for arch, cls in names.items():
-        heads = torch.nn.ModuleDict({t: torch.nn.Linear(64, 10) for t in ("left", "right")})
-        ref = getattr(L, cls)(["left", "right"], digits_encoder, heads, False, False, "cpu",
-                              img_size=(1, 14, 14), **largs.get(arch, {}))
-        ours = digits.build_model(arch=arch, **EXPERTS.get(arch, {}))
-        assert _count(ref.parameters()) == _count(ours.parameters())
-        assert _count(ref.get_share_params()) == _count(ours.shared_parameters())
+    identity = torch.nn.ModuleDict({t: torch.nn.Identity() for t in digits.tasks})
+    ref = getattr(L, LIBMTL_NAMES[arch])(list(digits.tasks), digits_encoder, identity, False,
+                                         False, "cpu", **_libmtl_args(arch, 2, (1, 14, 14)))
+    ours = A.build(arch, digits.architecture_spec(), **EXPERTS.get(arch, {}))
+    assert _count(ref.get_share_params()) == _count(ours.shared_parameters())
+    _copy_libmtl_weights(arch, ref, ours, digits.tasks)
+    ref.eval(), ours.eval()
+    x = torch.randn(3, 1, 14, 14)
+    with torch.no_grad():
+        want, (got, _) = ref(x), ours.representations(x, digits.tasks)
+    for t in digits.tasks:
+        torch.testing.assert_close(got[t], want[t])
 
 
 # ---------------------------------------------------------------------------------------
@@ -392,3 +488,15 @@ def test_describe_lists_every_architecture_with_counts(digits):
     assert rows["mmoe"]["task_specific"] == rows["mmoe"]["parameters"] - rows["mmoe"]["shared"]
     table = A.format_table(list(rows.values()))
     assert "71,976" in table and "not applicable" in table
+    two = {r["arch"]: r for r in A.describe(digits, arch_options={"mmoe": {"num_experts": 2}})}
+    assert two["mmoe"]["parameters"] == LIBMTL_DIGITS["mmoe"][0]
+    assert two["mmoe"]["options"] == {"num_experts": 2}
+    with pytest.raises(ValueError, match="unknown architecture"):
+        A.describe(digits, arch_options={"moe": {}})
+
+
+def test_fit_calls_the_epoch_hook(digits):
+    from envs.multi_digits import fit
+
+    model = fit(digits, methods.create("ew", 2), epochs=1, model_options={"arch": "ltb"})
+    assert (model.epoch, model.epochs) == (0, 1)

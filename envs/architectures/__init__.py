@@ -106,16 +106,25 @@ def _count(params) -> int:
     return sum(p.numel() for p in params)
 
 
-def describe(bench: Any, **model_options: Any) -> list[dict[str, Any]]:
-    """One row per architecture for benchmark ``bench`` (built with ``model_options``, on
-    the meta device, so even ResNet-50 mixtures cost no memory): whether it applies (and
-    why not), its options, and its total / shared / task-specific parameter counts."""
+def describe(bench: Any, arch_options: Mapping[str, Mapping[str, Any]] | None = None,
+             **model_options: Any) -> list[dict[str, Any]]:
+    """One row per architecture for benchmark ``bench``: whether it applies (and why not),
+    its options, and its total / shared / task-specific parameter counts. Models are built
+    on the meta device (even ResNet-50 mixtures cost no memory) with the benchmark's own
+    ``model_options`` (``width`` ...) and, per architecture, ``arch_options[name]``
+    (defaults otherwise), e.g. ``arch_options={"mmoe": {"num_experts": 2}}``."""
+    arch_options = dict(arch_options or {})
+    stray = sorted(set(arch_options) - set(_CLASSES))
+    if stray:
+        raise ValueError(f"arch_options for unknown architecture(s) {stray}; choose from "
+                         f"{', '.join(_CLASSES)}")
     spec_of = getattr(bench, "architecture_spec", None)
     spec = spec_of(**model_options) if spec_of is not None else None
     rows = []
     for name, cls in _CLASSES.items():
+        opts = dict(arch_options.get(name, {}))
         row: dict[str, Any] = {"arch": name, "title": cls.title, "paper": cls.paper,
-                               "options": dict(cls.options)}
+                               "options": {**cls.options, **opts}}
         why = "the benchmark does not describe its model as parts (no architecture_spec)"
         if spec is not None:
             why = unmet(name, spec)
@@ -126,7 +135,7 @@ def describe(bench: Any, **model_options: Any) -> list[dict[str, Any]]:
             logging.disable(logging.WARNING)  # random-init warnings of every expert copy
             try:
                 with torch.device("meta"):
-                    model = bench.build_model(arch=name, **model_options)
+                    model = bench.build_model(arch=name, **model_options, **opts)
             finally:
                 logging.disable(previous)
             shared = _count(model.shared_parameters())

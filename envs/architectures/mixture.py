@@ -12,7 +12,8 @@ outputs z_e(x) with weights computed from its flattened input x̄ ∈ R^n:
   experts, k selectors per task; selector i's expert weights are
   Π_j [c_e,j ? S(ℓ_ij) : 1 − S(ℓ_ij)] with ℓ = Z_t x̄ (k·m logits), S the cubic smooth step
   of width γ and c_e the m-bit binary code of expert e; the selectors are combined with
-  softmax(W_t x̄); LibMTL ``DSelect_k.py``.
+  softmax(W_t x̄); LibMTL ``DSelect_k.py`` (with the real binary codes and γ in S, where
+  LibMTL's differ; docs/architectures.md §DSelect-k).
 
 Shared parameters: the shared experts (LibMTL ``get_share_params``). Task t: its gate(s),
 its own experts (CGC) and its head. Each task's representation is its own mixture, so no
@@ -141,7 +142,8 @@ class DSelectK(ArchModel):
                 p.uniform_(-self.gamma / 100, self.gamma / 100)
             for p in self.w_logits.parameters():
                 p.uniform_(-0.05, 0.05)
-        # row e: expert e's m-bit code, most significant bit first (numpy.binary_repr)
+        # row e: expert e's m-bit code, most significant bit first. LibMTL's string-to-bool
+        # cast makes all its codes True; these are the paper's (docs/architectures.md §DSelect-k)
         bits = [[(e >> (self.m - 1 - j)) & 1 for j in range(self.m)] for e in range(E)]
         self.register_buffer("codes", torch.tensor(bits, dtype=torch.bool), persistent=False)
 
