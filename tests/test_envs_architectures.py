@@ -500,3 +500,14 @@ def test_fit_calls_the_epoch_hook(digits):
 
     model = fit(digits, methods.create("ew", 2), epochs=1, model_options={"arch": "ltb"})
     assert (model.epoch, model.epochs) == (0, 1)
+
+
+def test_describe_on_other_benchmarks():
+    city = envs.create("cityscapes", model="resnet50_aspp")
+    rows = {r["arch"]: r for r in A.describe(city, width=TINY)}
+    assert all(r["accepted"] for r in rows.values())
+    assert rows["hps"]["parameters"] == _count(city.build_model(width=TINY).parameters())
+    segnet = A.describe(envs.create("cityscapes"))
+    assert not any(r["accepted"] for r in segnet) and "resnet50_aspp" in segnet[0]["reason"]
+    toy = A.describe(envs.create("toy"))
+    assert not any(r["accepted"] for r in toy) and "as parts" in toy[0]["reason"]

@@ -119,15 +119,18 @@ def describe(bench: Any, arch_options: Mapping[str, Mapping[str, Any]] | None = 
         raise ValueError(f"arch_options for unknown architecture(s) {stray}; choose from "
                          f"{', '.join(_CLASSES)}")
     spec_of = getattr(bench, "architecture_spec", None)
-    spec = spec_of(**model_options) if spec_of is not None else None
+    spec, none_apply = None, "the benchmark does not describe its model as parts"
+    if spec_of is not None:
+        try:
+            spec = spec_of(**model_options)
+        except ValueError as e:  # e.g. a model choice the architectures do not apply to
+            none_apply = str(e)
     rows = []
     for name, cls in _CLASSES.items():
         opts = dict(arch_options.get(name, {}))
         row: dict[str, Any] = {"arch": name, "title": cls.title, "paper": cls.paper,
                                "options": {**cls.options, **opts}}
-        why = "the benchmark does not describe its model as parts (no architecture_spec)"
-        if spec is not None:
-            why = unmet(name, spec)
+        why = none_apply if spec is None else unmet(name, spec)
         row["accepted"] = why is None
         row["reason"] = why or ""
         if why is None:
