@@ -19,6 +19,17 @@ Capabilities are class attributes, read and validated before training starts:
                         ``"own"`` (each head its own unweighted gradient) or ``"weighted"``
 ``default_level``       ``"param"`` or ``"rep"``: the gradient level used unless the user picks
                         one (``mgda_ub`` is MGDA at ``"rep"``)
+``positive_losses``     needs strictly positive raw task losses (log- or ratio-based
+                        weightings); :meth:`Method.requires_positive_losses` refines it per
+                        hyperparameters. Read by validation before training and checked by
+                        the engine before the loss transform, so a signed loss (an RL actor
+                        loss) is refused up front, not discovered by the method's error.
+
+The public operation :meth:`Method.aggregate` is fixed: it validates the inputs' shapes,
+calls the subclass's :meth:`Method._aggregate`, and counts
+the step. Gramian methods implement only :meth:`GramianMethod.gramian_weights` (Gramian →
+weights); the base forms the direction Gᵀw. Clipping has one channel,
+:meth:`Method.max_grad_norm`, read by the engine on every path.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 HEAD_UPDATES = ("own", "weighted")
+_FIXED = ("aggregate", "weights_from_gramian")
 
 
 @dataclass
@@ -43,14 +55,12 @@ class Aggregation:
     ``direction``: the update for the shared parameters (flat, length P), or ``None`` for
     pure loss-weighting methods (the engine then back-propagates ``Σ_t weights_t · L̃_t``).
     ``weights``: the effective task weights (length T), used for logging and by the
-    ``"weighted"`` head-update rule. ``max_norm``: clip the shared gradient to this norm
-    after writing it (Nash-MTL's reference clipping), ``None`` for no clipping.
-    ``info``: extra scalars for diagnostics (solver iterations, κ, ...).
+    ``"weighted"`` head-update rule. ``info``: extra scalars for diagnostics (solver
+    iterations, κ, ``solver_failed`` counts, ...).
     """
 
     direction: Tensor | None
     weights: Tensor
-    max_norm: float | None = None
     info: dict[str, float] = field(default_factory=dict)
 
 
@@ -140,7 +150,8 @@ class NoConfig:
 
 class Method(nn.Module):
     """Base of every method. Subclasses set the capability attributes, a ``Config``
-    dataclass (validated in ``__post_init__``) and override :meth:`aggregate`.
+    dataclass (validated in ``__post_init__``) and implement :meth:`_aggregate`
+    (:meth:`aggregate` itself, which validates and counts, cannot be overridden).
 
     It is an ``nn.Module`` so that learnable parameters (UW, IMTL-L, GradNorm) and tensor
     state (EMA buffers) travel with ``state_dict``; non-tensor state (step counters, RNG)
@@ -157,6 +168,7 @@ class Method(nn.Module):
     requires_model: ClassVar[tuple[str, ...]] = ()
     default_head_update: ClassVar[str] = "own"
     default_level: ClassVar[str] = "param"
+    positive_losses: ClassVar[bool] = False
     #: plain-data search space for ``mtlx tune``: {hparam: methods.space.Dimension}
     search_space: ClassVar[Mapping[str, Any]] = {}
 
@@ -169,6 +181,16 @@ class Method(nn.Module):
         self.generator = torch.Generator().manual_seed(seed)
         self.step_count = 0
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for fixed in _FIXED:
+            if fixed in cls.__dict__ and cls.__module__ != __name__:
+                raise TypeError(
+                    f"{cls.__name__} overrides {fixed}(), which validates inputs and counts "
+                    "steps for every method; implement _aggregate() (or gramian_weights() on "
+                    "a GramianMethod) instead"
+                )
+
     # -- the operations -------------------------------------------------------------------
 
     def transform_losses(self, losses: Tensor) -> Tensor:
@@ -179,8 +201,28 @@ class Method(nn.Module):
         """Whether the next :meth:`aggregate` call needs gradients (Nash-MTL skips steps)."""
         return self.requires_grads
 
+    def requires_positive_losses(self) -> bool:
+        """Whether this instance needs raw task losses > 0 (declared; read by validation
+        before any training, e.g. to keep signed RL losses away from log-based methods)."""
+        return self.positive_losses
+
+    def max_grad_norm(self) -> float | None:
+        """Clip the shared gradient to this norm after it is written (None: no clipping).
+        Read by the engine on every path; Nash-MTL's reference clipping is the user."""
+        return None
+
     def aggregate(
         self, grads: Tensor | None, losses: Tensor, context: StepContext | None = None
+    ) -> Aggregation:
+        """The update for one step: validates the inputs, runs :meth:`_aggregate`, counts the
+        step. ``context`` is read, never modified."""
+        self._check_inputs(grads, losses)
+        agg = self._aggregate(grads, losses, context)
+        self.step_count += 1
+        return agg
+
+    def _aggregate(
+        self, grads: Tensor | None, losses: Tensor, context: StepContext | None
     ) -> Aggregation:
         raise NotImplementedError
 
@@ -213,17 +255,18 @@ class Method(nn.Module):
     # -- helpers for subclasses -----------------------------------------------------------
 
     def _check_inputs(self, grads: Tensor | None, losses: Tensor) -> None:
+        self._check_losses(losses)
+        T = self.num_tasks
+        if self.requires_grads and self.needs_grads() and grads is None:
+            raise ValueError(f"{self.name} requires per-task gradients, got grads=None")
+        if grads is not None and (grads.dim() != 2 or grads.shape[0] != T):
+            raise ValueError(f"{self.name}: grads must have shape ({T}, P), got {tuple(grads.shape)}")
+
+    def _check_losses(self, losses: Tensor) -> None:
         T = self.num_tasks
         if not isinstance(losses, Tensor) or losses.shape != (T,):
             shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
             raise ValueError(f"{self.name}: losses must be a tensor of shape ({T},), got {shape}")
-        if self.requires_grads and self.needs_grads():
-            if grads is None:
-                raise ValueError(f"{self.name} requires per-task gradients, got grads=None")
-            if grads.dim() != 2 or grads.shape[0] != T:
-                raise ValueError(
-                    f"{self.name}: grads must have shape ({T}, P), got {tuple(grads.shape)}"
-                )
 
     def warn_once(self, key: str, message: str) -> None:
         """A ``RuntimeWarning`` the first time ``key`` happens on this object (one per run);
@@ -255,13 +298,10 @@ class LossWeighting(Method):
         """Task weights for this step (detached). Equal weights by default."""
         return torch.ones_like(losses)
 
-    def aggregate(
-        self, grads: Tensor | None, losses: Tensor, context: StepContext | None = None
+    def _aggregate(
+        self, grads: Tensor | None, losses: Tensor, context: StepContext | None
     ) -> Aggregation:
-        self._check_inputs(grads, losses)
-        w = self.weights(losses.detach())
-        self.step_count += 1
-        return Aggregation(direction=None, weights=w.to(losses.dtype))
+        return Aggregation(direction=None, weights=self.weights(losses.detach()).to(losses.dtype))
 
 
 class GramianMethod(Method):
@@ -280,29 +320,28 @@ class GramianMethod(Method):
         """Return (weights, info) from the T×T Gramian (float64) and the losses."""
         raise NotImplementedError
 
-    def aggregate(
-        self, grads: Tensor | None, losses: Tensor, context: StepContext | None = None
+    def _aggregate(
+        self, grads: Tensor | None, losses: Tensor, context: StepContext | None
     ) -> Aggregation:
-        self._check_inputs(grads, losses)
         assert grads is not None
-        w, info = self.weights_from_gramian(grads @ grads.T, losses)
-        direction = w.to(grads.dtype) @ grads
-        return Aggregation(direction=direction, weights=w.to(losses.dtype),
-                           max_norm=self.max_grad_norm(), info=info)
-
-    def max_grad_norm(self) -> float | None:
-        """Clip the shared gradient to this norm after it is written (None: no clipping).
-        Read by the engine on every path, the Gramian-only ones included."""
-        return None
+        w, info = self._weights(grads @ grads.T, losses)
+        return Aggregation(direction=w.to(grads.dtype) @ grads, weights=w.to(losses.dtype),
+                           info=info)
 
     def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> tuple[Tensor, dict]:
-        """Entry point for the engine's Gramian-only paths (rep-level, distributed)."""
+        """Entry point for the engine's Gramian-only paths (rep-level, distributed): the
+        same validation and step counting as :meth:`aggregate`, from the T×T Gramian."""
         T = self.num_tasks
         if gramian.shape != (T, T):
             raise ValueError(f"{self.name}: gramian must be ({T}, {T}), got {tuple(gramian.shape)}")
+        self._check_losses(losses)
+        w, info = self._weights(gramian, losses)
+        self.step_count += 1
+        return w, info
+
+    def _weights(self, gramian: Tensor, losses: Tensor) -> tuple[Tensor, dict]:
         K = gramian.detach().to(torch.float64)
         if not torch.isfinite(K).all():
             raise ValueError(f"{self.name}: non-finite per-task gradients (NaN or inf)")
         w, info = self.gramian_weights(K, losses.detach().to(torch.float64))
-        self.step_count += 1
         return w.to(gramian.device), info

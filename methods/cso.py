@@ -137,10 +137,9 @@ class CSO(Method):
         draw = float(torch.rand((), generator=self.generator, dtype=torch.float64))
         return "sequential" if draw >= epoch / num_epochs else "joint"
 
-    def aggregate(
-        self, grads: Tensor | None, losses: Tensor, context: StepContext | None = None
+    def _aggregate(
+        self, grads: Tensor | None, losses: Tensor, context: StepContext | None
     ) -> Aggregation:
-        self._check_inputs(grads, losses)
         assert grads is not None
         strengths, slices = self._check_context(context, grads.shape[1])
         if not torch.isfinite(grads).all():
@@ -156,7 +155,6 @@ class CSO(Method):
             projected, k = project_on_priority(rows, s)
             direction[offset : offset + n] = projected.sum(0).reshape(-1)
             projections += k
-        self.step_count += 1
         info = {"projections": float(projections)}
         return Aggregation(direction, torch.ones_like(losses), info=info)
 

@@ -94,6 +94,8 @@ def common_norm(norms: Tensor, gamma: str, gamma_value: float | None) -> Tensor:
 class DBMTL(Method):
     """DB-MTL: log losses, then every task's EMA gradient rescaled to a common norm γ."""
 
+    positive_losses = True
+
     Config = DBMTLConfig
     requires_grads = True
     supports_rep_grads = False
@@ -119,10 +121,9 @@ class DBMTL(Method):
             )
         return torch.log(losses + LOG_EPS)
 
-    def aggregate(
-        self, grads: Tensor | None, losses: Tensor, context: StepContext | None = None
+    def _aggregate(
+        self, grads: Tensor | None, losses: Tensor, context: StepContext | None
     ) -> Aggregation:
-        self._check_inputs(grads, losses)
         assert grads is not None
         g = grads.detach()
         if self.grad_buffer.numel() == 0:
@@ -147,7 +148,6 @@ class DBMTL(Method):
         norms = buf.norm(dim=1)
         gamma = common_norm(norms, self.config.gamma, self.config.gamma_value)
         a = gamma / (norms + LOG_EPS)
-        self.step_count = k
         info = {"gamma": float(gamma), "b_k": b}
         info.update({f"ema_norm_{t}": float(v) for t, v in enumerate(norms)})
         return Aggregation(direction=a @ buf, weights=a.to(losses.dtype), info=info)

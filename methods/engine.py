@@ -37,6 +37,7 @@ loss-weighting method do. Each method's ``default_head_update`` follows its refe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from methods.base import HEAD_UPDATES, Method, StepContext
+from methods.base import HEAD_UPDATES, Method, StepContext, check_positive_losses
 
 Level = Literal["auto", "param", "rep"]
 JacobianMode = Literal["auto", "loop", "batched"]
@@ -252,6 +253,8 @@ def backward(
 
     if W > 1:
         losses = _globalise(losses)
+    if method.requires_positive_losses():
+        check_positive_losses(method.name, losses.detach())
     transformed = method.transform_losses(losses)
     if not torch.isfinite(transformed.detach()).all():
         bad = [t for t in range(T) if not math.isfinite(float(transformed.detach()[t]))]
@@ -299,7 +302,7 @@ def _loss_path(method, losses, transformed, shared, others, rule, context, diagn
     if split < len(params):
         gs += torch.autograd.grad(transformed.sum(), params[split:], allow_unused=True)
     _set_grads(params, gs, W)
-    _clip_(shared, agg.max_norm, info)
+    _clip_(shared, method.max_grad_norm(), info)
     return StepResult("loss", losses.detach(), w.detach(), norms, cos, info)
 
 
@@ -317,7 +320,7 @@ def _param_path(method, losses, transformed, shared, others, rule, context, mode
     if others.params:
         _write_grads(others.params, others.combine(J[:, n_sh:], w, rule))
     info = dict(agg.info)
-    _clip_(shared, agg.max_norm, info)
+    _clip_(shared, method.max_grad_norm(), info)
     # The Gramian costs a T×T×P product: only on the steps the caller logs.
     norms, cos = _diagnostics(G @ G.T) if diagnostics else (None, None)
     return StepResult("param", losses.detach(), w.detach(), norms, cos, info)
@@ -340,12 +343,11 @@ def _rep_path(method, losses, transformed, shared, others, rep, rule, context, m
         w, info = method.weights_from_gramian(K, transformed.detach())
         w = w.detach().to(R.dtype)
         d_rep = w @ R
-        max_norm = method.max_grad_norm()
     else:
         agg = method.aggregate(R, transformed.detach(), context)
         w = agg.weights.detach().to(R.dtype)
         d_rep = agg.direction if agg.direction is not None else w @ R
-        info, max_norm = dict(agg.info), agg.max_norm
+        info = dict(agg.info)
         K = R @ R.T
     gs = list(torch.autograd.grad(rep, shared, grad_outputs=d_rep.view_as(rep), allow_unused=True))
     if others.params:
@@ -353,7 +355,7 @@ def _rep_path(method, losses, transformed, shared, others, rep, rule, context, m
         sizes = [p.numel() for p in others.params]
         gs += [g.view_as(p).to(p.dtype) for p, g in zip(others.params, torch.split(head, sizes))]
     _set_grads(shared + others.params, gs, W)
-    _clip_(shared, max_norm, info)
+    _clip_(shared, method.max_grad_norm(), info)
     norms, cos = _diagnostics(K)
     return StepResult("rep", losses.detach(), w.detach(), norms, cos, info)
 
@@ -385,11 +387,13 @@ def _split_index(params: Sequence[Tensor], n: int) -> int:
 
 
 def _with_slices(context: StepContext | None, shared: Sequence[Tensor]) -> StepContext:
+    """The step context with the shared parameters' slices filled in: a copy, so the
+    caller's context is never modified."""
     ctx = context if context is not None else StepContext()
-    if not ctx.param_slices:
-        slices, off = [], 0
-        for i, p in enumerate(shared):
-            slices.append((str(i), off, p.shape))
-            off += p.numel()
-        ctx.param_slices = slices
-    return ctx
+    if ctx.param_slices:
+        return ctx
+    slices, off = [], 0
+    for i, p in enumerate(shared):
+        slices.append((str(i), off, p.shape))
+        off += p.numel()
+    return dataclasses.replace(ctx, param_slices=slices)

@@ -48,6 +48,8 @@ EPS = 1e-8
 class FAMO(LossWeighting):
     """FAMO: w_t = z_t / (c (L_t + ε)), z = softmax(ξ), ξ updated after each step."""
 
+    positive_losses = True
+
     @dataclass(frozen=True)
     class Config:
         gamma: float = 0.01  # weight decay of the logits (famo.py; experiments use 1e-3)

@@ -30,6 +30,8 @@ from methods.registry import register
 class GLS(LossWeighting):
     """Geometric loss strategy: gradient of (Π L_t)^{1/T} via weights w_t = L/(T L_t)."""
 
+    positive_losses = True
+
     def weights(self, losses: Tensor) -> Tensor:
         check_positive_losses(self.name, losses)
         L = losses.detach().to(torch.float64)

@@ -81,10 +81,9 @@ class GradDrop(Method):
     stateful = True  # the generator's state advances every step (the draws U)
     search_space = {"leak": Uniform(0.0, 1.0)}
 
-    def aggregate(
-        self, grads: Tensor | None, losses: Tensor, context: StepContext | None = None
+    def _aggregate(
+        self, grads: Tensor | None, losses: Tensor, context: StepContext | None
     ) -> Aggregation:
-        self._check_inputs(grads, losses)
         assert grads is not None
         if not torch.isfinite(grads).all():
             raise ValueError("graddrop: non-finite per-task gradients (NaN or inf)")
@@ -92,5 +91,4 @@ class GradDrop(Method):
         direction, mask = graddrop_direction(grads, uniform.to(grads.device), self.config.leak)
         nonzero = (grads != 0).sum()
         kept = float((mask.sum() / nonzero) if nonzero > 0 else 1.0)
-        self.step_count += 1
         return Aggregation(direction, torch.ones_like(losses), info={"kept_fraction": kept})

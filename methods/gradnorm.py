@@ -70,6 +70,8 @@ def gradnorm_scale_grad(
 class GradNorm(GramianMethod):
     """GradNorm: w = T·softmax(ℓ), ℓ stepped on Σ|‖w_t g_t‖ − Ḡ r_t^α|; epoch 0 equal."""
 
+    positive_losses = True
+
     @dataclass(frozen=True)
     class Config:
         alpha: float = 1.5  # asymmetry (LibMTL default)
@@ -120,18 +122,12 @@ class GradNorm(GramianMethod):
 
     # -- the step -------------------------------------------------------------------------
 
-    def aggregate(
-        self, grads: Tensor | None, losses: Tensor, context: StepContext | None = None
+    def _aggregate(
+        self, grads: Tensor | None, losses: Tensor, context: StepContext | None
     ) -> Aggregation:
         if self.needs_grads():
-            return super().aggregate(grads, losses, context)
-        self._check_inputs(grads, losses)
-        if grads is not None and (grads.dim() != 2 or grads.shape[0] != self.num_tasks):
-            raise ValueError(
-                f"gradnorm: grads must have shape ({self.num_tasks}, P), got {tuple(grads.shape)}"
-            )
+            return super()._aggregate(grads, losses, context)
         self._observe(losses)
-        self.step_count += 1
         return Aggregation(direction=None, weights=torch.ones_like(losses))
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> tuple[Tensor, dict[str, float]]:

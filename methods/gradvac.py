@@ -170,12 +170,11 @@ class GradVac(GramianMethod):
         w, n = self._run_group(gramian, 0, self._orders())
         return w, {"corrections": float(n)}
 
-    def aggregate(
-        self, grads: Tensor | None, losses: Tensor, context: StepContext | None = None
+    def _aggregate(
+        self, grads: Tensor | None, losses: Tensor, context: StepContext | None
     ) -> Aggregation:
         if self.config.group_type == 0:
-            return super().aggregate(grads, losses, context)
-        self._check_inputs(grads, losses)
+            return super()._aggregate(grads, losses, context)
         assert grads is not None
         slices = self._check_slices(context, grads.shape[1])
         if self.targets.shape[2] == 0:
@@ -198,7 +197,6 @@ class GradVac(GramianMethod):
             direction[offset : offset + n] = w.to(grads.dtype) @ Gk
             w_sum += w
             corrections += c
-        self.step_count += 1
         # per-group weights differ; their mean is what gets logged / used by "weighted" heads
         weights = (w_sum / len(slices)).to(losses.dtype)
         return Aggregation(direction, weights, info={"corrections": float(corrections)})

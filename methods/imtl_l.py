@@ -45,10 +45,10 @@ class IMTLL(LossWeighting):
     def transform_losses(self, losses: Tensor) -> Tensor:
         return imtl_l_transform(losses, self.loss_scale)
 
-    def aggregate(
-        self, grads: Tensor | None, losses: Tensor, context: StepContext | None = None
+    def _aggregate(
+        self, grads: Tensor | None, losses: Tensor, context: StepContext | None
     ) -> Aggregation:
-        agg = super().aggregate(grads, losses, context)
+        agg = super()._aggregate(grads, losses, context)
         scales = torch.exp(self.loss_scale.detach())  # multiplier e^{s_t} of each raw loss
         agg.info.update({f"loss_scale_{t}": float(v) for t, v in enumerate(scales)})
         return agg

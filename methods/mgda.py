@@ -153,6 +153,9 @@ class MGDA(GramianMethod):
 
     Config = MGDAConfig
 
+    def requires_positive_losses(self) -> bool:
+        return self.config.normalization in ("loss", "loss+")
+
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> tuple[Tensor, dict[str, float]]:
         n = gradient_normalizers(gramian, losses, self.config.normalization)
         K_hat = gramian / torch.outer(n, n)

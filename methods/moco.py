@@ -88,10 +88,9 @@ class MoCo(Method):
             self.tracked = torch.zeros_like(saved, device=self.tracked.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def aggregate(
-        self, grads: Tensor | None, losses: Tensor, context: StepContext | None = None
+    def _aggregate(
+        self, grads: Tensor | None, losses: Tensor, context: StepContext | None
     ) -> Aggregation:
-        self._check_inputs(grads, losses)
         assert grads is not None
         # One read pass instead of a T×P boolean mask (a NaN/inf anywhere makes its norm non-finite)
         norms = grads.norm(dim=1)
@@ -106,8 +105,7 @@ class MoCo(Method):
                 "parameters changed; call reset() (or use a fresh method)"
             )
         cfg = self.config
-        self.step_count += 1
-        k = self.step_count
+        k = self.step_count + 1  # this step's number, from 1
         if self.tracked.dtype != grads.dtype or self.tracked.device != grads.device:
             self.tracked = self.tracked.to(grads)
         # Y ← Y − β_k (Y − ĝ) with ĝ_t = g_t/(‖g_t‖ + 1e-8)·L_t, in place: Y is T×P, so

@@ -30,9 +30,10 @@ never silently.
 Hyperparameters (defaults from the reference): ``update_weights_every`` 1 — with n > 1 the
 weights are recomputed on every n-th step (steps 0, n, 2n, ...; the paper's MT10
 Nash-MTL-50/-100); in between :meth:`needs_grads` is False and the previous α weights the
-losses without computing per-task gradients. ``optim_niter`` 100 (a bound that a converging solve never reaches). ``max_norm`` 1.0: the
-shared gradient is clipped to this norm after it is written, on every step (returned in
-``Aggregation.max_norm`` for the engine; 0 disables).
+losses without computing per-task gradients. ``optim_niter`` 100 (a bound that a
+converging solve never reaches). ``max_norm`` 1.0: the shared gradient is clipped to this
+norm after it is written, on every step (:meth:`max_grad_norm`, read by the engine; 0
+disables).
 
 Heads: the reference back-propagates Σ α_t L_t, so the heads get α-weighted gradients
 (``default_head_update = "weighted"``). Weights depend on the gradients only through K, so
@@ -90,18 +91,15 @@ class NashMTL(GramianMethod):
     def max_grad_norm(self) -> float | None:
         return self.config.max_norm if self.config.max_norm > 0 else None
 
-    def aggregate(
-        self, grads: Tensor | None, losses: Tensor, context: StepContext | None = None
+    def _aggregate(
+        self, grads: Tensor | None, losses: Tensor, context: StepContext | None
     ) -> Aggregation:
         if self.needs_grads():
-            return super().aggregate(grads, losses, context)
+            return super()._aggregate(grads, losses, context)
         # Between updates: reuse α as loss weights (no per-task gradients needed).
-        self._check_inputs(grads, losses)
-        self.step_count += 1
         return Aggregation(
             direction=None,
             weights=self.alpha.to(losses),
-            max_norm=self.max_grad_norm(),
             info={"solver_failed": 0.0, "iterations": 0.0, "updated": 0.0},
         )
 

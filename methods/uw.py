@@ -54,10 +54,10 @@ class UW(LossWeighting):
         s = self.log_vars.to(losses.device)
         return 0.5 * (torch.exp(-s) * losses + s)
 
-    def aggregate(
-        self, grads: Tensor | None, losses: Tensor, context: StepContext | None = None
+    def _aggregate(
+        self, grads: Tensor | None, losses: Tensor, context: StepContext | None
     ) -> Aggregation:
-        agg = super().aggregate(grads, losses, context)
+        agg = super()._aggregate(grads, losses, context)
         # The effective multiplier of each raw loss, ½e^{−s_t}: what UW plots show.
         scales = 0.5 * torch.exp(-self.log_vars.detach())
         agg.info.update({f"loss_scale_{t}": float(v) for t, v in enumerate(scales)})

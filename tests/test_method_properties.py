@@ -132,3 +132,53 @@ def test_capabilities_are_consistent():
             assert cls.requires_grads, name
         if cls.supports_rep_grads:
             assert cls.requires_grads, name
+
+
+def test_aggregate_cannot_be_overridden():
+    with pytest.raises(TypeError, match="implement _aggregate"):
+
+        class Bad(methods.Method):  # noqa: F841
+            def aggregate(self, grads, losses, context=None):
+                raise AssertionError
+
+
+@pytest.mark.parametrize("name", GENERIC)
+def test_step_count_is_kept_by_the_base(name):
+    m = methods.create(name, 3)
+    for k in range(3):
+        step(m, random_grads(3, seed=k), random_losses(3, seed=k))
+    assert m.step_count == 3
+
+
+@pytest.mark.parametrize("name", GENERIC)
+def test_positive_loss_declaration_matches_behaviour(name):
+    """A method that does not declare positive losses takes negative ones through the
+    engine; one that declares them is refused by the engine before any backward pass."""
+    from tests.engine_cases import TinyMTL, make_data
+
+    m = methods.create(name, 2)
+    model = TinyMTL(2)
+    x, y = make_data(num_tasks=2)
+    losses, rep = model.losses(x, y)
+    signed = losses - 10.0  # every task loss negative
+    shared, heads = list(model.shared_parameters()), list(model.task_parameters())
+    if m.requires_positive_losses():
+        with pytest.raises(ValueError, match="positive"):
+            methods.backward(m, signed, shared, heads, rep=rep)
+        assert all(p.grad is None for p in model.parameters())
+    else:
+        methods.backward(m, signed, shared, heads, rep=rep)
+        assert all(torch.isfinite(p.grad).all() for p in shared)
+
+
+def test_engine_leaves_the_callers_context_alone():
+    from methods.base import StepContext
+    from tests.engine_cases import TinyMTL, make_data
+
+    model = TinyMTL(2)
+    x, y = make_data(num_tasks=2)
+    losses, _ = model.losses(x, y)
+    ctx = StepContext(epoch=1)
+    methods.backward(methods.create("pcgrad", 2), losses, list(model.shared_parameters()),
+                     list(model.task_parameters()), context=ctx)
+    assert ctx.param_slices == ()
