@@ -1,12 +1,12 @@
 """MT10 throughput: environment steps/s and SAC gradient updates/s per method, against pure
-simulation speed (research/benchmarks.md §8.1 measured ≈ 22 ms per 10-env sync step).
+simulation speed (docs/metaworld.md §6: ≈ 22 ms per 10-env sync step on a small machine).
 
 Measures, on this machine and with ``--threads`` torch threads:
 
 * pure simulation: ``--sim-steps`` loop steps of the 10 MT10 environments (sync or async
   vector env, uniform random actions, explicit resets at the horizon) → env steps/s;
 * per method: ``--updates`` gradient updates of the multi-task SAC learner (mtrl defaults:
-  batch 1280, 3×400 MLPs, the method on the losses of ``orchestrator.sac.APPLY_TO``, the
+  batch 1280, 3×400 MLPs, the method on the losses of ``orchestrator.trainers.rl.APPLY_TO``, the
   benchmark's reference hyperparameters) on a buffer of real MT10 transitions → updates/s;
 * the training loop's rate with one update per loop step (mtrl):
   env steps/s = 10 / (t_sim + t_update), i.e. how much the learner slows simulation down.
@@ -26,7 +26,7 @@ import torch
 
 import envs
 import methods
-from orchestrator.sac import ReplayBuffer, SACConfig, SACLearner, method_hparams
+from orchestrator.trainers.rl import ReplayBuffer, SACConfig, SACLearner, method_hparams
 
 PAPER_METHODS = "ew,pcgrad,cagrad,nash_mtl,imgrad,famo"
 

@@ -120,6 +120,11 @@ class Benchmark:
     stl_reference_source: str = ""
     #: Options accepted by ``envs.create`` beyond ``root`` ({name: default})
     options: ClassVar[Mapping[str, Any]] = {}
+    #: which trainer trains it (``orchestrator.run.registry``): "supervised" or "rl"
+    kind: ClassVar[str] = "supervised"
+    #: {method: {hparam: value}}: its reference runs' method settings, applied unless the
+    #: user sets them (e.g. CAGrad's c on MT10)
+    method_hparams: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     def build_model(self, **model_options: Any) -> MTLModel:
         raise NotImplementedError

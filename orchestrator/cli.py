@@ -13,8 +13,12 @@
 ``mtlx run`` without arguments runs the embedded default: ``multi_digits`` (no download),
 the methods of :data:`orchestrator.config.DEFAULT_METHODS` that are registered, seeds 0 and
 1, each run in its own Ray task on a local Ray started for the command, then prints the
-ranked report. Flags override the YAML file; ``key=value`` overrides (dotted keys, see
-``mtlx run --help-config``) override both.
+ranked report. Flags override the YAML file with their argparse types (never re-parsed);
+``key=value`` overrides (dotted keys, YAML values, see ``mtlx run --help-config``) override
+both.
+
+Subcommands are the entries of :data:`COMMANDS`: ``(name, add_parser(subparsers), main(args))``.
+A subpackage adds one by exposing those two functions and a line there.
 """
 
 from __future__ import annotations
@@ -23,32 +27,38 @@ import argparse
 import inspect
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from orchestrator import tune
 from orchestrator.config import (
+    COMMON_FLAGS,
     DEFAULT_METHODS,
     ConfigError,
     ExperimentConfig,
+    add_common_flags,
     apply_overrides,
     experiment_from_dict,
     help_config,
-    load_yaml,
+    set_values,
+    split_args,
 )
-from orchestrator.tune import add_tune_subparser, main_tune, plot_search, tune_report
 
-#: CLI flag → config key (flags override the YAML file)
+#: ``mtlx run`` flag (argparse dest) → config key (flags override the YAML file)
 FLAGS = {
-    "benchmark": "benchmark", "methods": "methods", "seeds": "seeds", "data_root": "data_root",
-    "out": "out", "workers": "workers", "gpus_per_worker": "gpus_per_worker",
-    "cpus_per_worker": "cpus_per_worker", "max_concurrent": "max_concurrent",
-    "ray_address": "ray_address", "epochs": "train.epochs", "steps": "train.steps",
+    "benchmark": "benchmark", "methods": "methods", "seeds": "seeds", "workers": "workers",
+    "gpus_per_worker": "gpus_per_worker", "max_concurrent": "max_concurrent",
+    "epochs": "train.epochs", "steps": "train.steps", "rerun": "rerun",
+    **{k: k for k in COMMON_FLAGS},
 }  # fmt: skip
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mtlx", description="Multi-task learning experiments on Ray.")
-    sub = p.add_subparsers(dest="command", metavar="{run,report,tune,methods,benchmarks}")
+# ---------------------------------------------------------------------------------------
+# mtlx run
+# ---------------------------------------------------------------------------------------
+
+
+def add_run_parser(sub: Any) -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train methods on a benchmark and print the report",
                        description="Train runs (method × seed) and print the ranked report. "
                                    "Without arguments: the embedded multi_digits demo.")
@@ -63,47 +73,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="0: in this process; 1 (default): one Ray task per run; W>=2: Ray Train "
                         "with W workers per run")
     r.add_argument("--gpus-per-worker", type=float, dest="gpus_per_worker")
-    r.add_argument("--cpus-per-worker", type=int, dest="cpus_per_worker")
     r.add_argument("--max-concurrent", type=int, dest="max_concurrent",
                    help="at most this many runs at once")
-    r.add_argument("--data-root", dest="data_root", help="dataset root (published layout)")
-    r.add_argument("--out", help="results directory (default: results)")
-    r.add_argument("--ray-address", dest="ray_address", help="connect to a Ray cluster")
     r.add_argument("--rerun", action="store_true", default=None,
                    help="rerun finished runs (default: skip them, resume unfinished ones)")
-    r.add_argument("--verbose", action="store_true", default=None, help="show Ray's output")
+    add_common_flags(r)
     r.add_argument("--help-config", action="store_true", help="list every config key")
     r.add_argument("--no-report", action="store_true", help="do not print the report")
-    rep = sub.add_parser("report", help="tables and plots from a results directory")
-    rep.add_argument("results", help="results directory (the --out of mtlx run)")
-    rep.add_argument("--format", default="markdown", choices=("markdown", "csv"))
-    rep.add_argument("--plots", metavar="DIR", help="also write PNG plots into DIR")
-    rep.add_argument("--benchmark", help="only this benchmark")
-    sub.add_parser("methods", help="list the methods with their hyperparameters")
-    sub.add_parser("benchmarks", help="list the benchmarks with tasks and protocols")
-    add_tune_subparser(sub)
-    return p
+    return r
 
 
 def build_experiment(args: argparse.Namespace) -> tuple[ExperimentConfig, bool]:
-    """(config, methods_given) from the ``run`` arguments."""
-    positional = list(args.args)
-    data: dict[str, Any] = {}
-    if positional and "=" not in positional[0]:
-        data = load_yaml(positional.pop(0))
-    flag_overrides = []
-    for flag, key in FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            flag_overrides.append(f"{key}={value}")
-    for flag in ("rerun", "verbose"):
-        if getattr(args, flag):
-            flag_overrides.append(f"{flag}=true")
-    bad = [a for a in positional if "=" not in a]
-    if bad:
-        raise ConfigError(f"unexpected argument(s) {bad}: only the first argument may be a YAML "
-                          "file, the rest must be key=value overrides")
-    data = apply_overrides(data, flag_overrides + positional)
+    """(config, methods_given) from the ``run`` arguments: the YAML file, then the flags
+    (typed by argparse, set as they are), then the ``key=value`` overrides (YAML values)."""
+    data, overrides = split_args(args.args)
+    flags = {key: getattr(args, flag) for flag, key in FLAGS.items()}
+    data = set_values(data, {k: v for k, v in flags.items() if v is not None})
+    data = apply_overrides(data, overrides)
     return experiment_from_dict(data), "methods" in data
 
 
@@ -112,8 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("config keys (YAML, or key=value overrides):\n" + help_config())
         return 0
     import methods
-    from orchestrator.launch import describe, run_experiment
     from orchestrator.report import Results, report_text
+    from orchestrator.run.launch import describe, run_experiment
 
     exp, methods_given = build_experiment(args)
     if not methods_given:  # the embedded default: the default methods that exist
@@ -135,11 +121,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if all(o.status in ("finished", "skipped") for o in outcomes) else 1
 
 
+# ---------------------------------------------------------------------------------------
+# mtlx report, methods, benchmarks
+# ---------------------------------------------------------------------------------------
+
+
+def add_report_parser(sub: Any) -> argparse.ArgumentParser:
+    rep = sub.add_parser("report", help="tables and plots from a results directory")
+    rep.add_argument("results", help="results directory (the --out of mtlx run)")
+    rep.add_argument("--format", default="markdown", choices=("markdown", "csv"))
+    rep.add_argument("--plots", metavar="DIR", help="also write PNG plots into DIR")
+    rep.add_argument("--benchmark", help="only this benchmark")
+    return rep
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import Results, plot_all, report_text
 
     # ordinary runs: the ranked method tables; searches (mtlx tune): their own section
-    searches = tune_report(args.results, fmt=args.format)
+    searches = tune.tune_report(args.results, fmt=args.format)
     try:
         res = Results.load(args.results)
         text = report_text(res, args.benchmark, args.format) if len(res.runs) or not searches else ""
@@ -150,7 +150,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(("\n" if text else "") + searches, end="")
     if args.plots:
         files = plot_all(res, args.plots, args.benchmark) if len(res.runs) else []
-        files += plot_search(args.results, args.plots)
+        files += tune.plot_search(args.results, args.plots)
         print(f"wrote {len(files)} plot(s) to {args.plots}/", file=sys.stderr)
     return 0
 
@@ -160,9 +160,12 @@ def _first_line(obj: Any) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+def add_methods_parser(sub: Any) -> argparse.ArgumentParser:
+    return sub.add_parser("methods", help="list the methods with their hyperparameters")
+
+
 def cmd_methods(_: argparse.Namespace) -> int:
     import methods
-    from methods.registry import hparam_fields
 
     for name in methods.available():
         cls = methods.get_class(name)
@@ -175,9 +178,13 @@ def cmd_methods(_: argparse.Namespace) -> int:
         if cls.requires_model:
             caps.append("needs model " + "+".join(cls.requires_model))
         desc = _first_line(cls) or _first_line(sys.modules[cls.__module__])
-        hp = ", ".join(f"{k}={v!r}" for k, v in hparam_fields(name).items()) or "-"
+        hp = ", ".join(f"{k}={v!r}" for k, v in methods.hparam_fields(name).items()) or "-"
         print(f"{name:14s} {desc}\n{'':14s} [{', '.join(caps)}]  hparams: {hp}")
     return 0
+
+
+def add_benchmarks_parser(sub: Any) -> argparse.ArgumentParser:
+    return sub.add_parser("benchmarks", help="list the benchmarks with tasks and protocols")
 
 
 def cmd_benchmarks(_: argparse.Namespace) -> int:
@@ -185,17 +192,40 @@ def cmd_benchmarks(_: argparse.Namespace) -> int:
 
     for name in envs.available():
         cls = envs.get_class(name)
-        tasks = list(getattr(cls, "tasks", ()))
+        tasks = list(cls.tasks)
         shown = ", ".join(tasks[:6]) + (f", … ({len(tasks)} tasks)" if len(tasks) > 6 else "")
         p = cls.protocol
         proto = ", ".join(f"{k}={getattr(p, k)}" for k in
-                          ("optimizer", "lr", "batch_size", "epochs", "selection")
-                          if hasattr(p, k))
+                          ("optimizer", "lr", "batch_size", "epochs", "selection"))
         desc = cls.description or _first_line(cls)
-        print(f"{name:14s} {desc}\n{'':14s} kind={getattr(cls, 'kind', 'supervised')}; "
+        print(f"{name:14s} {desc}\n{'':14s} kind={cls.kind}; "
               f"tasks: {shown or '-'}\n{'':14s} protocol: {proto}"
               + (f"\n{'':14s} options: {dict(cls.options)}" if cls.options else ""))
     return 0
+
+
+# ---------------------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------------------
+
+Handler = Callable[[argparse.Namespace], int]
+
+#: every subcommand: (name, add its parser to ``mtlx``'s subparsers, run it); in help order
+COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser], Handler]] = [
+    ("run", add_run_parser, cmd_run),
+    ("report", add_report_parser, cmd_report),
+    ("tune", tune.add_parser, tune.main_tune),
+    ("methods", add_methods_parser, cmd_methods),
+    ("benchmarks", add_benchmarks_parser, cmd_benchmarks),
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mtlx", description="Multi-task learning experiments on Ray.")
+    sub = p.add_subparsers(dest="command", metavar="{" + ",".join(c[0] for c in COMMANDS) + "}")
+    for _, add_parser, _ in COMMANDS:
+        add_parser(sub)
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -210,8 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"run": cmd_run, "report": cmd_report, "methods": cmd_methods,
-               "benchmarks": cmd_benchmarks, "tune": main_tune}[args.command]
+    handler = {name: run for name, _, run in COMMANDS}[args.command]
     try:
         return handler(args)
     except ConfigError as e:

@@ -64,7 +64,7 @@ class ConfigError(ValueError):
     """A configuration problem found before any compute; the message names the fix."""
 
 
-def _f(default: Any = None, help: str = "", factory: Any = None) -> Any:  # noqa: A002
+def _f(default: Any = None, help: str = "", factory: Any = None) -> Any:
     if factory is not None:
         return field(default_factory=factory, metadata={"help": help})
     return field(default=default, metadata={"help": help})
@@ -110,13 +110,6 @@ class TrainConfig:
     diagnostics_every: int = _f(
         10, help="log task weights, gradient norms and cosines every k steps (0 = never)"
     )
-
-
-#: TrainConfig fields filled from ``bench.protocol`` when None.
-PROTOCOL_FIELDS = (
-    "epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "lr_schedule",
-    "step_size", "gamma", "patience", "min_lr", "eval_every", "average_last", "selection",
-)  # fmt: skip
 
 
 @dataclass
@@ -233,12 +226,6 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return _canonical(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
-        d = dict(d)
-        d["train"] = TrainConfig(**d.get("train", {}))
-        return cls(**d)
 
 
 def _slug(s: str) -> str:
@@ -418,8 +405,49 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return out
 
 
-def experiment_to_dict(exp: ExperimentConfig) -> dict[str, Any]:
-    return _canonical(dataclasses.asdict(exp))
+def add_common_flags(p: Any) -> None:
+    """The flags ``mtlx run`` and ``mtlx tune`` share (an ``argparse`` parser); each sets the
+    config key of its name (``--data-root`` → ``data_root`` ...)."""
+    p.add_argument("--data-root", dest="data_root", help="dataset root (published layout)")
+    p.add_argument("--out", help="results directory (default: results)")
+    p.add_argument("--cpus-per-worker", type=int, dest="cpus_per_worker")
+    p.add_argument("--ray-address", dest="ray_address", help="connect to a Ray cluster")
+    p.add_argument("--verbose", action="store_true", default=None, help="show Ray's output")
+
+
+#: the config keys of :func:`add_common_flags`
+COMMON_FLAGS = ("data_root", "out", "cpus_per_worker", "ray_address", "verbose")
+
+
+def set_values(data: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` (plain config data) with dotted keys set to already typed values — the CLI's
+    flags, which argparse has typed: nothing is parsed as YAML here, so ``--data-root 0123``
+    stays the path ``"0123"`` and ``--out yes`` the directory ``"yes"``."""
+    out = json.loads(json.dumps(dict(data), default=str))  # deep copy of plain data
+    for key, value in values.items():
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+    return out
+
+
+def split_args(positional: Sequence[str], what: str = "key=value overrides"
+               ) -> tuple[dict[str, Any], list[str]]:
+    """(the YAML file's data or {}, the ``key=value`` overrides) of a command's positional
+    arguments: an optional YAML file first, then overrides."""
+    args = list(positional)
+    data: dict[str, Any] = {}
+    if args and "=" not in args[0]:
+        data = load_yaml(args.pop(0))
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        raise ConfigError(f"unexpected argument(s) {bad}: only the first argument may be a YAML "
+                          f"file, the rest must be {what}")
+    return data, args
 
 
 def help_config() -> str:

@@ -17,25 +17,17 @@ def _seed():
     yield
 
 
-#: Environment for every Ray test (research/ray.md §10(c)5): faster Train health checks and
-#: finalisation, no preemption watcher, no state-actor reconciliation, a generous worker-group
-#: start timeout on a loaded 2-core machine. Set before ``ray.init`` so Train actors inherit it.
-RAY_TEST_ENV = {
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
-    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
-}
-
-
 @pytest.fixture(scope="session")
 def ray_session():
-    """Start Ray once for the whole test run (research/ray.md §10(c)): 2 CPUs, a
-    ``driver_slot`` custom resource for Tune trial drivers, and the dashboard left on — Train
-    V2's placement-group cleaner needs the State API it serves (gotcha G7), so do not pass
+    """Start Ray once for the whole test run (docs/ray.md §4): 2 CPUs, a ``driver_slot``
+    custom resource for Tune trial drivers, and the dashboard left on — Train V2's
+    placement-group cleaner needs the State API it serves (docs/ray.md §1.7), so do not pass
     ``include_dashboard=False``."""
     ray = pytest.importorskip("ray")
-    for key, value in RAY_TEST_ENV.items():
+    from orchestrator.run.ray_compat import TEST_ENV, check_version
+
+    check_version()
+    for key, value in TEST_ENV.items():
         os.environ.setdefault(key, value)
     started = False
     if not ray.is_initialized():

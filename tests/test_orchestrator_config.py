@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
@@ -9,17 +10,17 @@ import yaml
 
 import envs
 import tests.orchestrator_bench as toy
-from orchestrator import cli, launch
+from orchestrator import cli
 from orchestrator.config import (
     ConfigError,
     ExperimentConfig,
-    RunConfig,
     TrainConfig,
     apply_overrides,
     experiment_from_dict,
     load_yaml,
 )
-from orchestrator.validate import check_train, expand, resolve_train
+from orchestrator.run import launch
+from orchestrator.run.plan import check_train, expand, resolve_train
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN = ["tests.orchestrator_bench"]
@@ -114,7 +115,7 @@ def test_run_ids_are_deterministic_and_cover_what_changes_numbers(tmp_path):
     c = expand(_exp(methods=["cagrad"]))[0]
     assert c.hparams["c"] == 0.4
     assert expand(_exp(methods=["cagrad"], hparams={"cagrad": {"c": 0.4}}))[0].run_id == c.run_id
-    assert RunConfig.from_dict(c.to_dict()).run_id == c.run_id
+    assert pickle.loads(pickle.dumps(c)).run_id == c.run_id  # what crosses the Ray hop
 
 
 def test_stl_expands_to_one_run_per_task():
@@ -191,3 +192,40 @@ def test_train_config_defaults_are_none_so_protocol_wins():
     t = resolve_train(TrainConfig(), toy.ToyBench.protocol)
     assert (t.lr, t.batch_size, t.optimizer, t.selection) == (0.1, 8, "sgd", "best_val")
     assert resolve_train(TrainConfig(lr=0.3), toy.ToyBench.protocol).lr == 0.3
+
+
+@pytest.mark.parametrize("flag, value, key, where", [
+    ("--data-root", "0123", "data_root", "0123"),  # YAML 1.1 would read octal 83
+    ("--out", "2024_01", "out", "2024_01"),  # YAML would read the integer 202401
+    ("--data-root", "~", "data_root", "~"),  # YAML would read None
+    ("--out", "yes", "out", "yes"),  # YAML would read the boolean true
+])
+def test_flag_values_reach_the_runs_with_their_types(monkeypatch, tmp_path, flag, value, key,
+                                                     where):
+    monkeypatch.chdir(tmp_path)
+    args, extra = cli._parser().parse_known_args(
+        ["run", "--benchmark", toy.NAME, "--methods", "ew", "--seeds", "0", flag, value])
+    args.args += extra
+    exp, _ = cli.build_experiment(args)
+    assert getattr(exp, key) == value
+    run = expand(exp)[0]
+    expected = Path.home() if where == "~" else tmp_path.resolve() / where
+    assert getattr(run, key) == str(expected)
+
+
+def test_tune_flag_values_keep_their_types(monkeypatch, tmp_path):
+    from orchestrator.tune import parse_tune_args, search_from_args
+
+    monkeypatch.chdir(tmp_path)
+    search, _ = search_from_args(parse_tune_args(["--out", "yes", "--epochs", "1"]))
+    assert search.base.out == str(tmp_path.resolve() / "yes")
+    # positional key=value overrides are still YAML: a quoted value stays a string
+    search, _ = search_from_args(parse_tune_args(["--epochs", "1", "out='2024_01'"]))
+    assert search.base.out == str(tmp_path.resolve() / "2024_01")
+
+
+def test_overrides_are_yaml_and_override_flags():
+    args, extra = cli._parser().parse_known_args(["run", "--out", "a", "out=b", "seeds=[3]"])
+    args.args += extra
+    exp, _ = cli.build_experiment(args)
+    assert exp.out == "b" and exp.seeds == [3]

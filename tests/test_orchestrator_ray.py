@@ -11,8 +11,8 @@ import torch
 
 from orchestrator import cli
 from orchestrator.config import experiment_from_dict
-from orchestrator.launch import run_experiment
 from orchestrator.results import METRIC_SCHEMA, RUN_SCHEMA, read_table
+from orchestrator.run.launch import run_experiment
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

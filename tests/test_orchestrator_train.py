@@ -15,9 +15,9 @@ import methods
 import tests.orchestrator_bench as toy
 from orchestrator import cli
 from orchestrator.config import experiment_from_dict
-from orchestrator.launch import run_experiment
 from orchestrator.results import DIAG_SCHEMA, METRIC_SCHEMA, RUN_SCHEMA, read_table
-from orchestrator.supervised import select_reported, val_score
+from orchestrator.run.launch import run_experiment
+from orchestrator.trainers.selection import select_reported, val_score
 
 SMALL_DIGITS = ["bench_options.n_train=256", "bench_options.n_val=128", "bench_options.n_test=128"]
 
@@ -256,7 +256,7 @@ def test_selection_rules():
 def test_progress_board_draws_one_live_line_on_a_terminal():
     import io
 
-    from orchestrator.progress import ProgressBoard
+    from orchestrator.run.progress import ProgressBoard
 
     buf = io.StringIO()
     board = ProgressBoard(2, buf, tty=True)
@@ -269,3 +269,28 @@ def test_progress_board_draws_one_live_line_on_a_terminal():
     board.finished("ew s0", "r1", "finished", 12.34)
     assert "[1/2] ew s0: done in 12.3s\n" in buf.getvalue()
     assert buf.getvalue().rstrip().endswith("eta 5.0s")  # the live line, now only famo
+
+
+def test_runs_table_columns_come_from_the_config_dataclasses(tmp_path):
+    """Every TrainConfig / RunConfig field is a runs-table column with its value (a new field
+    reaches Parquet by itself; eval_batch_size and diagnostics_every once did not)."""
+    import dataclasses
+
+    from orchestrator.config import RunConfig, TrainConfig
+    from orchestrator.results.schemas import RUN_FIELDS_EXCLUDED, config_columns
+
+    names = set(RUN_SCHEMA.names)
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= names
+    assert {f.name for f in dataclasses.fields(RunConfig)} - set(RUN_FIELDS_EXCLUDED) <= names
+    cfg = RunConfig(benchmark="b", method="m", seed=1, hparams={"c": 0.5},
+                    train=TrainConfig(eval_batch_size=7, diagnostics_every=3, lr=0.25))
+    row = config_columns(cfg)
+    assert (row["eval_batch_size"], row["diagnostics_every"], row["lr"]) == (7, 3, 0.25)
+    assert row["hparams"] == '{"c": 0.5}' and row["run_id"] == cfg.run_id
+    assert RUN_SCHEMA.field("eval_batch_size").type == "int64"
+    assert RUN_SCHEMA.field("gpus_per_worker").type == "double"
+    # and through a real run into Parquet
+    run_experiment(_toy_exp(tmp_path, train={"epochs": 1, "eval_batch_size": 4,
+                                             "diagnostics_every": 2}))
+    runs = read_table(tmp_path, "runs")
+    assert list(runs.eval_batch_size) == [4] and list(runs.diagnostics_every) == [2]

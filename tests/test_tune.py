@@ -30,7 +30,7 @@ from orchestrator.results import ResultsStore
 from orchestrator.tune import (
     DefineSpace,
     Objective,
-    add_tune_subparser,
+    add_parser,
     apply_params,
     best_config,
     build_search,
@@ -80,7 +80,7 @@ def test_bad_input_is_a_clear_error_before_ray(argv, message, tmp_path, monkeypa
     def no_ray(*_, **__):
         raise AssertionError("Ray must not start for a bad configuration")
 
-    monkeypatch.setattr("orchestrator.launch.init_ray", no_ray)
+    monkeypatch.setattr("orchestrator.run.launch.init_ray", no_ray)
     assert main_tune(parse_tune_args(["--out", str(tmp_path), *argv])) == 2
     err = capsys.readouterr().err
     assert "mtlx tune: error:" in err and message in err
@@ -210,7 +210,7 @@ def test_capacity_and_trial_resources():
 
 def test_cli_hook_and_the_shipped_example_config(tmp_path):
     parser = argparse.ArgumentParser(prog="mtlx")
-    add_tune_subparser(parser.add_subparsers(dest="command", metavar="{run}"))
+    add_parser(parser.add_subparsers(dest="command", metavar="{run}"))
     # as `mtlx` parses: flags may follow the positional arguments without leftovers
     args, extra = parser.parse_known_args([
         "tune", "--trials", "3", str(REPO / "configs/tune_db_mtl.yaml"), "space.lr=default",
@@ -437,7 +437,7 @@ def test_rl_bad_input_is_a_clear_error_before_ray(argv, message, tmp_path, monke
     def no_ray(*_, **__):
         raise AssertionError("Ray must not start for a bad configuration")
 
-    monkeypatch.setattr("orchestrator.launch.init_ray", no_ray)
+    monkeypatch.setattr("orchestrator.run.launch.init_ray", no_ray)
     assert main_tune(parse_tune_args(["--out", str(tmp_path), *RL_FAST, *argv])) == 2
     err = capsys.readouterr().err
     assert "mtlx tune: error:" in err and message in err

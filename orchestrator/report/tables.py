@@ -8,12 +8,12 @@ Which numbers: each finished run's ``split="reported"`` rows (its protocol's sel
 best validation score or the mean of the last k evaluations — made by the trainer). Runs are
 grouped by (method, config hash), i.e. identical settings that differ only in the seed; a
 group's row shows every metric as mean ± sample std over its seeds, and Δm%/Δp% computed per
-seed then averaged (``envs.metrics.delta_m`` / ``delta_p``: research/benchmarks.md §1).
+seed then averaged (``envs.metrics.delta_m`` / ``delta_p``: docs/delta_m.md §1).
 
 Benchmark families whose numbers need their own table are reported by their own module,
-which claims its benchmarks from the data (``orchestrator.sac_report`` for RL: success rates,
-mean ± SEM, fraction of seeds that learned); :func:`report_text` and :func:`plot_all`
-combine both.
+which claims its benchmarks from the data (:mod:`orchestrator.report.rl`: success rates,
+mean ± SEM, fraction of seeds that learned); :func:`report_text` and
+:func:`orchestrator.report.plots.plot_all` combine both.
 
 The reference for Δm/Δp: ``stl`` runs of the same benchmark in the same results directory
 when they cover every task (per task, the mean over their seeds), otherwise the benchmark's
@@ -36,6 +36,8 @@ import pandas as pd
 from envs.base import Metric
 from envs.metrics import delta_m, delta_p
 from orchestrator.config import STL
+from orchestrator.report import rl
+from orchestrator.report.common import group_label
 from orchestrator.results import read_table
 
 MAX_METRIC_COLUMNS = 12
@@ -83,7 +85,7 @@ class Table:
 # ---------------------------------------------------------------------------------------
 
 
-def _spec(runs: pd.DataFrame) -> dict[str, list[Metric]]:
+def metrics_spec(runs: pd.DataFrame) -> dict[str, list[Metric]]:
     """The full {task: [Metric]} of a benchmark, from its non-STL runs' metrics_spec."""
     spec: dict[str, list[Metric]] = {}
     for text in runs["metrics_spec"].dropna():
@@ -114,13 +116,6 @@ def _stl_reference(stl_runs: pd.DataFrame, reported: pd.DataFrame,
     return ref, f"stl runs in this results directory (seeds {', '.join(map(str, seeds))})"
 
 
-def _group_label(method: str, hparams: str, multiple: bool) -> str:
-    if not multiple:
-        return method
-    hp = json.loads(hparams) if hparams else {}
-    return f"{method}(" + ", ".join(f"{k}={v}" for k, v in sorted(hp.items())) + ")"
-
-
 def summarize(res: Results, benchmark: str | None = None,
               run_ids: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> list[Table]:
     """One :class:`Table` per benchmark (or only ``benchmark``), optionally restricted to
@@ -149,7 +144,25 @@ def _summarize_one(res: Results, b: str, runs: pd.DataFrame,
                      + (f": {r.error}" if isinstance(r.error, str) and r.error else "") + ")")
     chosen = chosen[chosen.status == "finished"]
     reported = res.metrics[(res.metrics.split == "reported") & res.metrics.run_id.isin(runs.run_id)]
-    spec = _spec(finished[finished.method != STL]) or _spec(finished)
+    spec = metrics_spec(finished[finished.method != STL]) or metrics_spec(finished)
+    reference, source = _reference(finished, stl_runs, reported, spec, notes)
+    groups = _groups(chosen, reported, spec, notes)
+    columns = [(t, m.name, m.higher_is_better) for t, ms in spec.items() for m in ms]
+    frame = _ranked(groups, columns, spec, reference)
+    if reference is None:
+        notes.append("no single-task reference (run `--methods stl` or use a benchmark with a "
+                     "published one): ranked by mean rank over metrics, no Δm/Δp")
+    sel = finished[finished.method != STL]
+    if len(sel):
+        notes.insert(0, f"reported numbers: selection={sel.selection.iloc[0]}, "
+                        f"average_last={sel.average_last.iloc[0]}, "
+                        f"epochs={sel.epochs.iloc[0]}")
+    return Table(b, frame, columns, source, notes)
+
+
+def _reference(finished: pd.DataFrame, stl_runs: pd.DataFrame, reported: pd.DataFrame,
+               spec: dict[str, list[Metric]], notes: list[str]) -> tuple[dict | None, str | None]:
+    """The Δm reference: STL runs here, else the published one in the runs table, else None."""
     reference, source = _stl_reference(stl_runs, reported, spec)
     if reference is None:
         pub = finished.stl_reference.dropna()
@@ -163,7 +176,13 @@ def _summarize_one(res: Results, b: str, runs: pd.DataFrame,
         except ValueError as e:
             notes.append(f"Δm/Δp not computed: {e}")
             reference, source = None, None
+    return reference, source
 
+
+def _groups(chosen: pd.DataFrame, reported: pd.DataFrame, spec: dict[str, list[Metric]],
+            notes: list[str]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Finished runs with reported rows, by (method, config hash); STL runs of one seed
+    combine into one "model per task" entry."""
     per_run = []
     for r in chosen.itertuples():
         vals = _values(reported[reported.run_id == r.run_id])
@@ -171,7 +190,6 @@ def _summarize_one(res: Results, b: str, runs: pd.DataFrame,
             notes.append(f"not in the table: {r.run_id} (finished, but no reported rows)")
             continue
         per_run.append({"run": r, "values": vals})
-    # STL runs of one seed combine into one "model per task" entry
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     stl_seeds: dict[int, dict[str, dict[str, float]]] = {}
     for pr in per_run:
@@ -184,15 +202,20 @@ def _summarize_one(res: Results, b: str, runs: pd.DataFrame,
     for seed, vals in stl_seeds.items():
         if all(t in vals for t in spec):
             groups.setdefault((STL, ""), []).append({"seed": seed, "values": vals, "hparams": "{}"})
+    return groups
+
+
+def _ranked(groups: dict[tuple[str, str], list[dict[str, Any]]],
+            columns: list[tuple[str, str, bool | None]], spec: dict[str, list[Metric]],
+            reference: dict | None) -> pd.DataFrame:
+    """One row per group (means ± stds, Δm/Δp), ranked by Δm or else by mean rank."""
     methods_count: dict[str, int] = {}
     for m, _ in groups:
         methods_count[m] = methods_count.get(m, 0) + 1
-
-    columns = [(t, m.name, m.higher_is_better) for t, ms in spec.items() for m in ms]
     rows = []
     for (method, chash), members in groups.items():
         row: dict[str, Any] = {
-            "method": _group_label(method, members[0]["hparams"], methods_count[method] > 1),
+            "method": group_label(method, members[0]["hparams"], methods_count[method] > 1),
             "config_hash": chash, "hparams": members[0]["hparams"],
             "seeds": len(members), "seed_list": ",".join(str(x["seed"]) for x in members),
         }
@@ -224,15 +247,7 @@ def _summarize_one(res: Results, b: str, runs: pd.DataFrame,
             frame = frame.sort_values("mean_rank", kind="stable")
         frame.insert(0, "rank", range(1, len(frame) + 1))
         frame = frame.reset_index(drop=True)
-    if reference is None:
-        notes.append("no single-task reference (run `--methods stl` or use a benchmark with a "
-                     "published one): ranked by mean rank over metrics, no Δm/Δp")
-    sel = finished[finished.method != STL]
-    if len(sel):
-        notes.insert(0, f"reported numbers: selection={sel.selection.iloc[0]}, "
-                        f"average_last={sel.average_last.iloc[0]}, "
-                        f"epochs={sel.epochs.iloc[0]}")
-    return Table(b, frame, columns, source, notes)
+    return frame
 
 
 def _mean_std(name: str, xs: Sequence[float]) -> dict[str, float]:
@@ -312,19 +327,6 @@ def render(tables: Sequence[Table], fmt: str = "markdown") -> str:
     return "\n".join(format_markdown(t) for t in tables)
 
 
-def _special_reports() -> list[Any]:
-    """Report modules of benchmark families with their own tables (``rl_benchmarks``,
-    ``render``, ``plot``); missing ones are skipped."""
-    mods = []
-    try:
-        from orchestrator import sac_report
-
-        mods.append(sac_report)
-    except ImportError:
-        pass
-    return mods
-
-
 def report_text(res: Results, benchmark: str | None = None, fmt: str = "markdown",
                 run_ids: Sequence[str] | None = None) -> str:
     """Every table of ``res`` (or of ``benchmark``): Δm tables and the special families'."""
@@ -332,12 +334,11 @@ def report_text(res: Results, benchmark: str | None = None, fmt: str = "markdown
         raise ValueError(f"no runs of benchmark {benchmark!r} in these results; present: "
                          f"{sorted(set(res.runs.benchmark))}")
     parts, claimed = [], set()
-    for mod in _special_reports():
-        names = mod.rl_benchmarks(res, benchmark)
-        claimed.update(names)
-        text = mod.render(res, benchmark, fmt) if names else ""
-        if text:
-            parts.append(text)
+    names = rl.rl_benchmarks(res, benchmark)  # RL families have their own tables
+    claimed.update(names)
+    text = rl.render(res, benchmark, fmt) if names else ""
+    if text:
+        parts.append(text)
     rest = [b for b in ([benchmark] if benchmark else sorted(set(res.runs.benchmark)))
             if b not in claimed]
     if rest:
@@ -345,130 +346,3 @@ def report_text(res: Results, benchmark: str | None = None, fmt: str = "markdown
         parts.insert(0, render(tables, fmt))
     return ("\n" if fmt == "markdown" else "").join(p if p.endswith("\n") else p + "\n"
                                                     for p in parts)
-
-
-def plot_all(res: Results, out_dir: str | Path, benchmark: str | None = None,
-             run_ids: Sequence[str] | None = None) -> list[Path]:
-    """Every plot of ``res``: :func:`plot` for Δm benchmarks, the families' own otherwise."""
-    files, claimed = [], set()
-    for mod in _special_reports():
-        names = mod.rl_benchmarks(res, benchmark)
-        claimed.update(names)
-        for b in names:
-            files += mod.plot(res, out_dir, b)
-    for b in ([benchmark] if benchmark else sorted(set(res.runs.benchmark))):
-        if b not in claimed:
-            files += plot(res, out_dir, b, run_ids)
-    return files
-
-
-# ---------------------------------------------------------------------------------------
-# plots
-# ---------------------------------------------------------------------------------------
-
-
-def _labels(runs: pd.DataFrame) -> dict[str, str]:
-    """run_id → method-group label (as in the table)."""
-    counts = runs[runs.method != STL].groupby("method").config_hash.nunique()
-    out = {}
-    for r in runs.itertuples():
-        out[r.run_id] = _group_label(r.method, r.hparams, counts.get(r.method, 1) > 1)
-    return out
-
-
-def _mean_curve(df: pd.DataFrame, x: str) -> pd.DataFrame:
-    g = df.groupby(x).value
-    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1)}).reset_index()
-
-
-def plot(res: Results, out_dir: str | Path, benchmark: str | None = None,
-         run_ids: Sequence[str] | None = None) -> list[Path]:
-    """Write PNG plots per benchmark into ``out_dir``; returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for b in ([benchmark] if benchmark else sorted(set(res.runs.benchmark))):
-        runs = res.runs[(res.runs.benchmark == b) & (res.runs.method != STL)]
-        if run_ids is not None:
-            runs = runs[runs.run_id.isin(run_ids)]
-        labels = _labels(runs)
-        m = res.metrics[res.metrics.run_id.isin(runs.run_id)].copy()
-        m["label"] = m.run_id.map(labels)
-        d = res.diagnostics[res.diagnostics.run_id.isin(runs.run_id)].copy()
-        d["label"] = d.run_id.map(labels)
-        spec = _spec(runs)
-        # 1. learning curves: every (task, metric) on val (or test) and the train loss
-        split = "val" if (m.split == "val").any() else "test"
-        panels = [("train", t, "loss") for t in spec]
-        panels += [(split, t, mm.name) for t, ms in spec.items() for mm in ms]
-        if len(panels) > 2 * MAX_METRIC_COLUMNS:
-            panels = panels[: 2 * MAX_METRIC_COLUMNS]
-        if not m.empty and panels:
-            fig, axes = _grid(plt, len(panels))
-            for ax, (sp, task, metric) in zip(axes, panels):
-                sel = m[(m.split == sp) & (m.task == task) & (m.metric == metric)]
-                for label, g in sorted(sel.groupby("label"), key=lambda kv: kv[0]):
-                    c = _mean_curve(g, "epoch")
-                    ax.plot(c.epoch + 1, c["mean"], marker="o", ms=3, label=label)
-                    ax.fill_between(c.epoch + 1, c["mean"] - c["std"].fillna(0),
-                                    c["mean"] + c["std"].fillna(0), alpha=0.15)
-                ax.set_title(f"{task} {metric} ({sp})", fontsize=9)
-                ax.set_xlabel("epoch", fontsize=8)
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            axes[0].legend(fontsize=7)
-            written.append(_save(plt, fig, out / f"{b}_curves.png"))
-        # 2-4. diagnostics: weights, gradient norms, pairwise cosines, one panel per method
-        for quantity, title, fname in (("weight", "task weights", "weights"),
-                                       ("grad_norm", "per-task gradient norm", "grad_norms"),
-                                       ("cosine", "pairwise gradient cosine", "cosines")):
-            sel = d[d.quantity == quantity]
-            if sel.empty:
-                continue
-            groups = sorted(sel.groupby("label"), key=lambda kv: kv[0])
-            fig, axes = _grid(plt, len(groups))
-            for ax, (label, g) in zip(axes, groups):
-                if quantity == "cosine":
-                    g = g.assign(key=g.task + "·" + g.other_task)
-                    if g.key.nunique() > 6:  # many tasks: the mean and the minimum over pairs
-                        per = g.groupby(["run_id", "step"]).value
-                        for stat in ("mean", "min"):
-                            s = getattr(per, stat)().reset_index().groupby("step").value.mean()
-                            ax.plot(s.index, s.values, label=f"{stat} over pairs")
-                        g = g.iloc[0:0]
-                else:
-                    g = g.assign(key=g.task)
-                for key, gg in g.groupby("key"):
-                    c = _mean_curve(gg, "step")
-                    ax.plot(c.step, c["mean"], label=key, lw=1)
-                ax.set_title(label, fontsize=9)
-                ax.set_xlabel("step", fontsize=8)
-                if g.key.nunique() <= 10:
-                    ax.legend(fontsize=6)
-            fig.suptitle(f"{b}: {title}", fontsize=10)
-            written.append(_save(plt, fig, out / f"{b}_{fname}.png"))
-    return written
-
-
-def _grid(plt, n: int):
-    cols = min(4, max(1, n))
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
-    flat = list(axes.ravel())
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
-
-
-def _save(plt, fig, path: Path) -> Path:
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path

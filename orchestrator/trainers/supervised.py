@@ -35,7 +35,7 @@ evaluation: Δm% against the benchmark's single-task reference when it has one, 
 against the first evaluation (LibMTL's model selection), else the mean validation loss.
 ``selection="best_val"`` reports the test metrics of the evaluation with the best score (the
 earliest on ties; never chosen on test); ``"last"`` the mean test metrics of the last
-``average_last`` evaluations (research/benchmarks.md §1.1). These are written as
+``average_last`` evaluations (docs/protocols.md §2). These are written as
 ``split="reported"`` rows and are what ``mtlx report`` computes Δm and Δp from.
 
 Checkpoints are taken at the end of every epoch (after its results are written): model,
@@ -51,7 +51,7 @@ import dataclasses
 import inspect
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -61,13 +61,22 @@ from torch import Tensor
 import envs
 import methods
 from envs.base import Forward
-from envs.metrics import average_results, delta_m, delta_p
 from methods import engine
 from methods.base import StepContext
 from methods.engine import resolve_level, validate_head_update
 from orchestrator.config import STL, ConfigError, RunConfig, TrainConfig
 from orchestrator.results import dumps
-from orchestrator.train import NonFiniteLoss, RunContext, rng_state, seed_everything, set_rng_state
+from orchestrator.trainers.base import (
+    NonFiniteLoss,
+    RunContext,
+    all_reduce_mean_,
+    data_hint,
+    diagnostic_rows,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from orchestrator.trainers.selection import select_reported, val_score
 
 #: StepContext.model_stats key → model method that provides it (called when the method
 #: declares ``requires_model``; CSO uses the per-task connection strengths).
@@ -82,7 +91,7 @@ CHECKPOINT_VERSION = 1
 
 
 def validate(runs: Sequence[RunConfig], bench: envs.Benchmark) -> None:
-    """Check what the capabilities decide: see ``orchestrator.validate``."""
+    """Check what the capabilities decide (see ``orchestrator.run.plan``)."""
     r0 = runs[0]
     t = r0.train
     name = r0.benchmark
@@ -108,9 +117,7 @@ def validate(runs: Sequence[RunConfig], bench: envs.Benchmark) -> None:
         bench.make_loader("train", t.batch_size // W, shuffle=True, seed=0, rank=0, world_size=W,
                           drop_last=W > 1)
     except (ValueError, OSError) as e:
-        from orchestrator.validate import _data_hint
-
-        raise ConfigError(_data_hint(name, r0.data_root, e)) from None
+        raise ConfigError(data_hint(name, r0.data_root, e)) from None
     try:
         model = bench.build_model(**r0.model_options)
     except (ValueError, TypeError) as e:
@@ -202,13 +209,6 @@ def make_scheduler(t: TrainConfig, optimizer: torch.optim.Optimizer):
     return None
 
 
-def _all_reduce_mean_(t: Tensor, world: int) -> Tensor:
-    if world > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t.div_(world)
-    return t
-
-
 def _all_reduce_grads_(params: Sequence[Tensor], world: int) -> None:
     """Mean-all-reduce the plain gradients (stl / sequential steps) in one collective."""
     if world <= 1:
@@ -217,7 +217,7 @@ def _all_reduce_grads_(params: Sequence[Tensor], world: int) -> None:
     if not ps:
         return
     flat = torch.cat([p.grad.reshape(-1) for p in ps])
-    _all_reduce_mean_(flat, world)
+    all_reduce_mean_(flat, world)
     for p, g in zip(ps, torch.split(flat, [p.numel() for p in ps])):
         p.grad = g.view_as(p).clone()
 
@@ -265,7 +265,7 @@ class _Step:
     def global_losses(self, losses: Tensor, epoch: int, step: int,
                       names: Sequence[str] | None = None) -> Tensor:
         """Mean over workers (detached), checked finite on every rank alike."""
-        g = _all_reduce_mean_(losses.detach().clone(), self.world)
+        g = all_reduce_mean_(losses.detach().clone(), self.world)
         if not torch.isfinite(g).all():
             i = int((~torch.isfinite(g)).nonzero()[0])
             raise NonFiniteLoss(self.cfg.run_id, (names or self.tasks)[i], float(g[i]), epoch, step)
@@ -354,230 +354,235 @@ class _Step:
 
 
 # ---------------------------------------------------------------------------------------
-# selection of the reported numbers
-# ---------------------------------------------------------------------------------------
-
-
-def val_score(val: Mapping[str, Mapping[str, float]] | None, val_loss: Mapping[str, float] | None,
-              spec: Mapping[str, Sequence[envs.Metric]], reference: Mapping | None,
-              first_val: Mapping | None) -> tuple[float | None, str]:
-    """(score, name), lower is better: Δm vs the STL reference, else −Δp vs the first
-    evaluation, else the mean validation loss."""
-    if val is None:
-        return None, "none"
-    for name, base, sign, fn in (("val_delta_m", reference, 1.0, delta_m),
-                                 ("val_neg_delta_p_first", first_val, -1.0, delta_p)):
-        if base:
-            try:
-                return sign * fn(val, base, spec), name
-            except ValueError:
-                continue
-    if val_loss:
-        return sum(val_loss.values()) / len(val_loss), "val_loss"
-    return None, "none"
-
-
-def select_reported(history: Sequence[Mapping[str, Any]], selection: str, average_last: int,
-                    split: str) -> tuple[dict[str, dict[str, float]], list[int]]:
-    """The protocol's reported numbers from the evaluation history (see module docstring)."""
-    evals = [h for h in history if h.get(split) is not None]
-    if not evals:
-        return {}, []
-    if selection == "best_val":
-        scored = [h for h in evals if h.get("score") is not None and math.isfinite(h["score"])]
-        if scored:
-            best = min(scored, key=lambda h: h["score"])  # min keeps the earliest on ties
-            return {k: dict(v) for k, v in best[split].items()}, [best["epoch"]]
-    last = evals[-max(1, average_last):]
-    return average_results([h[split] for h in last]), [h["epoch"] for h in last]
-
-
-# ---------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------
 
 
-def train_run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
-    """Train one supervised run (contract: ``orchestrator/train.py``)."""
-    t = cfg.train
-    bench = envs.create(cfg.benchmark, root=cfg.data_root, **cfg.bench_options)
-    tasks = list(bench.tasks)
-    world, rank, dev = ctx.world_size, ctx.rank, ctx.device
-    E = int(t.epochs)
-    seed_everything(cfg.seed)
-    model = bench.build_model(**cfg.model_options).to(dev)
-    method = None
-    if cfg.method != STL:
-        method = methods.create(cfg.method, len(tasks), seed=cfg.seed, **cfg.hparams).to(dev)
-    method_params = [] if method is None else [p for p in method.parameters() if p.requires_grad]
-    optimizer = make_optimizer(t, list(model.parameters()), method_params)
-    scheduler = make_scheduler(t, optimizer)
-    step_fn = _Step(cfg, ctx, bench, model, method, optimizer)
+class _Loop:
+    """One run's epochs: setup, resume, then per epoch train → evaluate → write → checkpoint."""
 
-    spec = dict(bench.metrics) if cfg.stl_task is None else {cfg.stl_task: bench.metrics[cfg.stl_task]}
-    hib = {(task, m.name): m.higher_is_better for task, ms in spec.items() for m in ms}
-    reference = bench.stl_reference
-    if reference is not None and cfg.stl_task is not None:
-        reference = {cfg.stl_task: reference[cfg.stl_task]} if cfg.stl_task in reference else None
-    report_split = "test" if "test" in bench.splits else "val"
-    has_val = "val" in bench.splits
-    ctx.update_run(
-        tasks=dumps(tasks),
-        metrics_spec=dumps({k: [[m.name, m.higher_is_better] for m in ms] for k, ms in spec.items()}),
-        stl_reference=dumps(bench.stl_reference) if bench.stl_reference is not None else None,
-        stl_reference_source=getattr(bench, "stl_reference_source", "") or None,
-        protocol=dumps(dataclasses.asdict(bench.protocol))
-        if dataclasses.is_dataclass(bench.protocol) else None,
-    )
+    def __init__(self, cfg: RunConfig, ctx: RunContext) -> None:
+        self.cfg, self.ctx, self.t = cfg, ctx, cfg.train
+        self.bench = bench = envs.create(cfg.benchmark, root=cfg.data_root, **cfg.bench_options)
+        self.tasks = list(bench.tasks)
+        self.E = int(self.t.epochs)
+        seed_everything(cfg.seed)
+        self.model = bench.build_model(**cfg.model_options).to(ctx.device)
+        self.method = None
+        if cfg.method != STL:
+            self.method = methods.create(cfg.method, len(self.tasks), seed=cfg.seed,
+                                         **cfg.hparams).to(ctx.device)
+        method_params = ([] if self.method is None
+                         else [p for p in self.method.parameters() if p.requires_grad])
+        self.optimizer = make_optimizer(self.t, list(self.model.parameters()), method_params)
+        self.scheduler = make_scheduler(self.t, self.optimizer)
+        self.step_fn = _Step(cfg, ctx, bench, self.model, self.method, self.optimizer)
+        stl = cfg.stl_task
+        self.spec = dict(bench.metrics) if stl is None else {stl: bench.metrics[stl]}
+        self.hib = {(task, m.name): m.higher_is_better for task, ms in self.spec.items() for m in ms}
+        self.reference = bench.stl_reference
+        if self.reference is not None and stl is not None:
+            self.reference = {stl: self.reference[stl]} if stl in self.reference else None
+        self.report_split = "test" if "test" in bench.splits else "val"
+        self.start_epoch, self.step, self.history = 0, 0, []
 
-    start_epoch, step, history = 0, 0, []
-    state = ctx.load_checkpoint()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state["scheduler"] is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if method is not None:
-            method.load_state_dict(state["method"])
+    def record_run_info(self) -> None:
+        bench, spec = self.bench, self.spec
+        self.ctx.update_run(
+            tasks=dumps(self.tasks),
+            metrics_spec=dumps({k: [[m.name, m.higher_is_better] for m in ms]
+                                for k, ms in spec.items()}),
+            stl_reference=dumps(bench.stl_reference) if bench.stl_reference is not None else None,
+            stl_reference_source=getattr(bench, "stl_reference_source", "") or None,
+            protocol=dumps(dataclasses.asdict(bench.protocol))
+            if dataclasses.is_dataclass(bench.protocol) else None,
+        )
+
+    def resume(self) -> None:
+        state = self.ctx.load_checkpoint()
+        if state is None:
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.method is not None:
+            self.method.load_state_dict(state["method"])
         set_rng_state(state["rng"])
-        start_epoch, step, history = state["epoch"] + 1, state["step"], list(state["history"])
+        self.start_epoch, self.step = state["epoch"] + 1, state["step"]
+        self.history = list(state["history"])
 
-    per_worker = t.batch_size // world
-    loader = bench.make_loader("train", per_worker, shuffle=True, seed=cfg.seed, rank=rank,
-                               world_size=world, drop_last=world > 1)
-    diag_every = t.diagnostics_every
-    ctx.progress({"kind": "start", "label": cfg.label, "epoch": start_epoch, "epochs": E})
-    t0, steps_this_session = time.perf_counter(), 0
-    model.train()
-    for epoch in range(start_epoch, E):
-        epoch_start = time.perf_counter()
-        if method is not None:
-            method.start_epoch(epoch, E)
-        if not _set_epoch(loader, epoch):  # no set_epoch: a fresh loader seeded by epoch
-            loader = bench.make_loader("train", per_worker, shuffle=True, seed=cfg.seed + epoch,
-                                       rank=rank, world_size=world, drop_last=world > 1)
+    def loader(self, epoch: int | None) -> Any:
+        """The train loader of this rank (``epoch``: a fresh one seeded by the epoch)."""
+        world = self.ctx.world_size
+        seed = self.cfg.seed + (epoch or 0)
+        return self.bench.make_loader("train", self.t.batch_size // world, shuffle=True,
+                                      seed=seed, rank=self.ctx.rank, world_size=world,
+                                      drop_last=world > 1)
+
+    def steps_in(self, loader: Any) -> int:
         n_steps = len(loader)
-        if world > 1:  # every rank must take the same number of steps
-            n = torch.tensor([n_steps], dtype=torch.float64, device=dev)  # NCCL: on device
+        if self.ctx.world_size > 1:  # every rank must take the same number of steps
+            n = torch.tensor([n_steps], dtype=torch.float64, device=self.ctx.device)  # NCCL
             dist.all_reduce(n, op=dist.ReduceOp.MIN)
             n_steps = int(n.item())
-        if t.max_steps_per_epoch is not None:
-            n_steps = min(n_steps, t.max_steps_per_epoch)
-        loss_sum = torch.zeros(len(tasks), dtype=torch.float64, device=dev)
+        if self.t.max_steps_per_epoch is not None:
+            n_steps = min(n_steps, self.t.max_steps_per_epoch)
+        return n_steps
+
+    def train_epoch(self, loader: Any, epoch: int, n_steps: int, clock: dict[str, float]
+                    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """One epoch of steps: ({task: mean training loss}, diagnostics rows)."""
+        cfg, ctx, method, tasks, E = self.cfg, self.ctx, self.method, self.tasks, self.E
+        diag_every = self.t.diagnostics_every
+        loss_sum = torch.zeros(len(tasks), dtype=torch.float64, device=ctx.device)
         diag_rows: list[dict[str, Any]] = []
         last_emit = 0.0
         for i, batch in enumerate(loader):
             if i >= n_steps:
                 break
-            batch = bench.to_device(batch, dev)
+            batch = self.bench.to_device(batch, ctx.device)
             plan = "joint" if method is None else method.plan_step(epoch, E)
             if plan == "sequential":
-                g = step_fn.sequential(batch, epoch, step)
+                g = self.step_fn.sequential(batch, epoch, self.step)
             elif plan == "joint":
-                diagnose = diag_every > 0 and step % diag_every == 0 and method is not None
-                g, result = step_fn.joint(batch, epoch, E, step, diagnose)
+                diagnose = diag_every > 0 and self.step % diag_every == 0 and method is not None
+                g, result = self.step_fn.joint(batch, epoch, E, self.step, diagnose)
                 if diagnose and result is not None:
-                    diag_rows += _diagnostic_rows(ctx, tasks, epoch, step, result)
+                    diag_rows += diagnostic_rows(ctx, tasks, epoch, self.step, result)
             else:
                 raise ValueError(f"{cfg.method}.plan_step returned {plan!r}; expected 'joint' "
                                  "or 'sequential'")
-            loss_sum += g.double().to(dev)
-            step += 1
-            steps_this_session += 1
+            loss_sum += g.double().to(ctx.device)
+            self.step += 1
+            clock["steps"] += 1
             now = time.perf_counter()
             if now - last_emit > 0.5 or i == n_steps - 1:
                 last_emit = now
-                rate = (now - t0) / steps_this_session
+                rate = (now - clock["t0"]) / clock["steps"]
                 left = (E - epoch - 1) * n_steps + (n_steps - i - 1)
                 ctx.progress({"kind": "progress", "label": cfg.label, "epoch": epoch + 1,
                               "epochs": E, "step": i + 1, "steps": n_steps,
                               "losses": {k: float(g[j]) for j, k in enumerate(tasks)},
                               "eta_s": rate * left})
         loss_sum = loss_sum.cpu()
-        train_loss = {k: float(loss_sum[j] / max(n_steps, 1)) for j, k in enumerate(tasks)}
+        return {k: float(loss_sum[j] / max(n_steps, 1)) for j, k in enumerate(tasks)}, diag_rows
 
-        rows = [ctx.metric_row("train", epoch, step, k, "loss", v, False)
+    def evaluate(self, epoch: int, rows: list[dict[str, Any]], report: dict[str, Any]
+                 ) -> float | None:
+        """Evaluate val and test (rank 0), append their rows and report entries and the
+        history record; returns the validation score (None on other ranks)."""
+        ctx, spec, step = self.ctx, self.spec, self.step
+        record: dict[str, Any] = {"epoch": epoch, "step": step, "val": None, "test": None}
+        score = None
+        if ctx.is_main:
+            losses_by_split = {}
+            for split in ("val", "test"):
+                if split not in self.bench.splits:
+                    continue
+                values, split_loss = self.step_fn.evaluate(split)
+                values = {k: {m: float(v) for m, v in values[k].items()} for k in spec}
+                record[split], losses_by_split[split] = values, split_loss
+                for k, ms in values.items():
+                    for m, v in ms.items():
+                        rows.append(ctx.metric_row(split, epoch, step, k, m, v, self.hib.get((k, m))))
+                        report[f"{split}/{k}/{m}"] = v
+                    rows.append(ctx.metric_row(split, epoch, step, k, "loss", split_loss[k], False))
+            first_val = next((h["val"] for h in self.history if h.get("val")), record["val"])
+            score, score_name = val_score(
+                record["val"] if "val" in self.bench.splits else None,
+                {k: v for k, v in losses_by_split.get("val", {}).items() if k in spec},
+                spec, self.reference, first_val,
+            )
+            record["score"] = score
+            if score is not None:
+                report["val_score"] = score
+                report[score_name] = score
+        self.history.append(record)
+        return score
+
+    def scheduler_step(self, is_eval: bool, score: float | None) -> None:
+        sched = self.scheduler
+        if sched is None:
+            return
+        if not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sched.step()
+        elif is_eval:
+            box = [score]  # rank 0's score decides on every rank
+            if self.ctx.world_size > 1:
+                dist.broadcast_object_list(box, src=0)
+            if box[0] is not None:
+                sched.step(box[0])
+
+    def checkpoint(self, epoch: int) -> None:
+        self.ctx.save_checkpoint({
+            "version": CHECKPOINT_VERSION, "run_id": self.cfg.run_id, "epoch": epoch,
+            "step": self.step, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "method": None if self.method is None else self.method.state_dict(),
+            "rng": rng_state(), "history": self.history,
+        })  # fmt: skip
+
+    def write_reported(self) -> dict[str, Any]:
+        ctx, t = self.ctx, self.t
+        reported, epochs = select_reported(self.history, t.selection or "last",
+                                           t.average_last or 1, self.report_split)
+        rows = [ctx.metric_row("reported", epochs[-1] if epochs else -1, self.step, k, m, v,
+                               self.hib.get((k, m)))
+                for k, ms in reported.items() for m, v in ms.items()]
+        ctx.write_metrics("reported", rows)
+        ctx.update_run(reported_epochs=dumps(epochs))
+        return {"reported": reported, "reported_epochs": epochs, "epochs_done": self.E,
+                "steps_done": self.step}
+
+
+def train_run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
+    """Train one supervised run (the contract: :mod:`orchestrator.trainers.base`)."""
+    run = _Loop(cfg, ctx)
+    run.record_run_info()
+    run.resume()
+    E, t = run.E, run.t
+    loader = run.loader(None)
+    ctx.progress({"kind": "start", "label": cfg.label, "epoch": run.start_epoch, "epochs": E})
+    clock = {"t0": time.perf_counter(), "steps": 0}
+    run.model.train()
+    for epoch in range(run.start_epoch, E):
+        epoch_start = time.perf_counter()
+        if run.method is not None:
+            run.method.start_epoch(epoch, E)
+        if not _set_epoch(loader, epoch):  # no set_epoch: a fresh loader seeded by epoch
+            loader = run.loader(epoch)
+        train_loss, diag_rows = run.train_epoch(loader, epoch, run.steps_in(loader), clock)
+        rows = [ctx.metric_row("train", epoch, run.step, k, "loss", v, False)
                 for k, v in train_loss.items() if cfg.stl_task in (None, k)]
-        rows.append(ctx.metric_row("train", epoch, step, "", "lr", optimizer.param_groups[0]["lr"], None))
-        report: dict[str, Any] = {"epoch": epoch, "step": step,
+        rows.append(ctx.metric_row("train", epoch, run.step, "", "lr",
+                                   run.optimizer.param_groups[0]["lr"], None))
+        report: dict[str, Any] = {"epoch": epoch, "step": run.step,
                                   **{f"train_loss/{k}": v for k, v in train_loss.items()}}
         is_eval = (epoch + 1) % (t.eval_every or 1) == 0 or epoch == E - 1
-        score = None
-        if is_eval:
-            record: dict[str, Any] = {"epoch": epoch, "step": step, "val": None, "test": None}
-            if ctx.is_main:
-                losses_by_split = {}
-                for split in ("val", "test"):
-                    if split not in bench.splits:
-                        continue
-                    values, split_loss = step_fn.evaluate(split)
-                    values = {k: {m: float(v) for m, v in values[k].items()} for k in spec}
-                    record[split], losses_by_split[split] = values, split_loss
-                    for k, ms in values.items():
-                        for m, v in ms.items():
-                            rows.append(ctx.metric_row(split, epoch, step, k, m, v, hib.get((k, m))))
-                            report[f"{split}/{k}/{m}"] = v
-                        rows.append(ctx.metric_row(split, epoch, step, k, "loss",
-                                                   split_loss[k], False))
-                first_val = next((h["val"] for h in history if h.get("val")), record["val"])
-                score, score_name = val_score(
-                    record["val"] if has_val else None,
-                    {k: v for k, v in losses_by_split.get("val", {}).items() if k in spec},
-                    spec, reference, first_val,
-                )
-                record["score"] = score
-                if score is not None:
-                    report["val_score"] = score
-                    report[score_name] = score
-            history.append(record)
-        rows.append(ctx.metric_row("train", epoch, step, "", "epoch_time_s",
+        score = run.evaluate(epoch, rows, report) if is_eval else None
+        rows.append(ctx.metric_row("train", epoch, run.step, "", "epoch_time_s",
                                    time.perf_counter() - epoch_start, None))
         ctx.write_metrics(f"e{epoch:05d}", rows)
         ctx.write_diagnostics(f"e{epoch:05d}", diag_rows)
-        if scheduler is not None:
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                if is_eval:
-                    box = [score]
-                    if world > 1:
-                        dist.broadcast_object_list(box, src=0)
-                    if box[0] is not None:
-                        scheduler.step(box[0])
-            else:
-                scheduler.step()
-        ctx.save_checkpoint({
-            "version": CHECKPOINT_VERSION, "run_id": cfg.run_id, "epoch": epoch, "step": step,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": None if scheduler is None else scheduler.state_dict(),
-            "method": None if method is None else method.state_dict(),
-            "rng": rng_state(), "history": history,
-        })  # fmt: skip
-        ctx.update_run(epochs_done=epoch + 1, steps_done=step)
+        run.scheduler_step(is_eval, score)
+        run.checkpoint(epoch)
+        ctx.update_run(epochs_done=epoch + 1, steps_done=run.step)
         ctx.report(report)
         ctx.progress({"kind": "epoch", "label": cfg.label, "epoch": epoch + 1, "epochs": E,
-                      "metrics": {k: v for k, v in report.items() if k.startswith(report_split)},
+                      "metrics": {k: v for k, v in report.items()
+                                  if k.startswith(run.report_split)},
                       "val_score": score})
-
-    reported, epochs = select_reported(history, t.selection or "last", t.average_last or 1,
-                                       report_split)
-    rows = [ctx.metric_row("reported", epochs[-1] if epochs else -1, step, k, m, v, hib.get((k, m)))
-            for k, ms in reported.items() for m, v in ms.items()]
-    ctx.write_metrics("reported", rows)
-    ctx.update_run(reported_epochs=dumps(epochs))
-    return {"reported": reported, "reported_epochs": epochs, "epochs_done": E, "steps_done": step}
+    return run.write_reported()
 
 
-def _diagnostic_rows(ctx: RunContext, tasks: Sequence[str], epoch: int, step: int,
-                     result: methods.StepResult) -> list[dict[str, Any]]:
-    rows = []
-    for i, task in enumerate(tasks):
-        rows.append(ctx.diag_row(epoch, step, "loss", task, float(result.losses[i])))
-        rows.append(ctx.diag_row(epoch, step, "weight", task, float(result.weights[i])))
-        if result.grad_norms is not None:
-            rows.append(ctx.diag_row(epoch, step, "grad_norm", task, float(result.grad_norms[i])))
-        if result.cosines is not None:
-            for j in range(i + 1, len(tasks)):
-                rows.append(ctx.diag_row(epoch, step, "cosine", task, float(result.cosines[i, j]),
-                                         other_task=tasks[j]))
-    for key, value in result.info.items():
-        rows.append(ctx.diag_row(epoch, step, f"info.{key}", "", float(value)))
-    return rows
+class SupervisedTrainer:
+    """The trainer of ``kind = "supervised"`` benchmarks (:class:`~orchestrator.trainers.base.Trainer`)."""
+
+    kind = "supervised"
+    validate = staticmethod(validate)
+    train = staticmethod(train_run)
+
+
+TRAINER = SupervisedTrainer()

@@ -1,27 +1,27 @@
 """Ray Train V2 driver: one run on W ``TorchTrainer`` workers (CPU gloo / GPU NCCL).
 
-Layering as in Ray's Train/Tune docs (research/aesthetics.md §4): the per-worker loop
-(:func:`worker_loop`) only builds a :class:`~orchestrator.train.RunContext` from
-``ray.train.get_context()`` and calls the one training function
-(:func:`orchestrator.train.train_run`); :func:`fit` builds the ``TorchTrainer`` and is
-usable on its own, from the ``mtlx run`` launcher or from a Ray Tune trial (pass
-``callbacks=[ray.tune.integration.ray_train.TuneReportCallback()]``).
+Layering as in Ray's Train/Tune examples: the per-worker loop (:func:`worker_loop`) only
+builds a :class:`~orchestrator.trainers.base.RunContext` from ``ray.train.get_context()`` and
+calls the one training function (:func:`orchestrator.run.execute.train_run`); :func:`fit`
+builds the ``TorchTrainer`` and is usable on its own, from the ``mtlx run`` launcher or from a
+Ray Tune trial (pass ``callbacks=[ray_compat.report_callback(...)]``). The
+:class:`~orchestrator.config.RunConfig` goes to the workers as it is (Ray pickles it).
 
-Facts this relies on (research/ray.md, Ray 2.60):
+Facts this relies on (Ray 2.60):
 
 * the model is not wrapped in DDP (the gradient engine all-reduces exactly what each method
   needs); ``TorchTrainer`` still sets up the torch.distributed process group;
 * per-epoch metrics are written by rank 0 itself (Parquet) — Train V2 drops reports without a
-  checkpoint from ``Result`` (G1); ``ray.train.report`` is still called once per epoch on
-  every rank so Tune's ``TuneReportCallback`` sees them;
+  checkpoint from ``Result`` (docs/ray.md §1.1); ``ray.train.report`` is still called once per
+  epoch on every rank so that a Tune report callback sees them;
 * checkpoints are mtlx's own (``<out>/checkpoints/<run_id>/state.pt``; on a multi-node
   cluster ``--out`` must be shared storage); the Train run name is the deterministic run id
   and its Ray state directory is cleared before each fit, so a Ray-level auto-resume never
-  mixes with mtlx's resume (G5); worker-group restarts (``max_failures``) resume from mtlx's
-  checkpoint;
+  mixes with mtlx's resume (docs/ray.md §1.5); worker-group restarts (``max_failures``) resume
+  from mtlx's checkpoint;
 * ``controller_failure_limit`` is finite so an infeasible worker group fails instead of
-  retrying forever (G3); the launcher also checks resources before the first fit;
-* paths are absolute: Train workers ``chdir`` into Ray's artifact directory (G6).
+  retrying forever (docs/ray.md §1.3); the launcher also checks resources before the first fit;
+* paths are absolute: Train workers ``chdir`` into Ray's artifact directory (docs/ray.md §1.6).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import RunConfig
-from orchestrator.train import RunContext, train_run
+from orchestrator.run.execute import train_run
+from orchestrator.trainers.base import RunContext
 
 #: failed controller attempts before a fit gives up (Ray's default -1 retries forever)
 CONTROLLER_FAILURE_LIMIT = 2
@@ -43,7 +44,7 @@ def worker_loop(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
 
-    cfg = RunConfig.from_dict(config["run"])
+    cfg = config["run"]
     sink = config.get("sink")
     tctx = ray.train.get_context()
     ctx = RunContext(
@@ -71,7 +72,7 @@ def fit(cfg: RunConfig, *, sink: Any = None, callbacks: Sequence[Any] = (),
         resources["GPU"] = cfg.gpus_per_worker
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"run": cfg.to_dict(), "sink": sink},
+        train_loop_config={"run": cfg, "sink": sink},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
             resources_per_worker=resources,

@@ -1,24 +1,22 @@
 """Reports for reinforcement-learning benchmarks (MT10, MT1): success tables and curves.
 
-Reads only the Parquet results (``orchestrator.results``) written by ``orchestrator.sac``:
+Reads only the Parquet results (``orchestrator.results``) written by the RL trainer
+(:mod:`orchestrator.trainers.rl`):
 ``split="reported"`` rows (``mean_success_final``, ``mean_success_best`` per run; per task
 ``success`` at the final evaluation) and ``split="eval"`` rows (``mean_success`` and per-task
 ``success`` at every evaluation).
 
 Table, per method group (runs with the same method and config hash, i.e. differing only in
-the seed; as ``orchestrator.report``): the final and the best-over-training mean success as
+the seed; as :mod:`orchestrator.report.tables`): the final and the best-over-training mean success as
 mean ± SEM over seeds (SEM = sample std / √n, the statistic CAGrad/Nash-MTL/FAMO report for
-MT10; research/benchmarks.md §7.5–7.6), the fraction of seeds that learned — best mean
+MT10; docs/metaworld.md §5), the fraction of seeds that learned — best mean
 success ≥ ``learned_threshold`` (default 0.2: on MT10 at least two tasks solved at some
 evaluation; Meta-World issue #352 reports seeds that learn nothing) — and each task's final
 success averaged over seeds. Curves: mean success over seeds (± SEM) against loop steps, for
 the mean and for every task, and each loss's task weights.
 
-Hook (for ``orchestrator.cli.cmd_report`` / ``orchestrator.report``)::
-
-    from orchestrator import sac_report
-    print(sac_report.render(res, args.benchmark, args.format), end="")  # "" if no RL runs
-    files += sac_report.plot(res, args.plots, args.benchmark)           # with --plots
+:func:`orchestrator.report.tables.report_text` and :func:`orchestrator.report.plots.plot_all`
+call :func:`render` and :func:`plot` for the benchmarks :func:`rl_benchmarks` claims.
 """
 
 from __future__ import annotations
@@ -31,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from orchestrator.report.common import group_label, save_png
 
 LEARNED_THRESHOLD = 0.2
 
@@ -49,17 +49,10 @@ def _sem(xs: Sequence[float]) -> float:
     return float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else math.nan
 
 
-def _label(method: str, hparams: str, multiple: bool) -> str:
-    if not multiple:
-        return method
-    hp = json.loads(hparams) if isinstance(hparams, str) and hparams else {}
-    return f"{method}(" + ", ".join(f"{k}={v}" for k, v in sorted(hp.items())) + ")"
-
-
 def _finished(res: Any, b: str) -> pd.DataFrame:
     runs = res.runs[(res.runs.benchmark == b) & (res.runs.status == "finished")]
     counts = runs.groupby("method").config_hash.nunique()
-    runs = runs.assign(label=[_label(r.method, r.hparams, counts.get(r.method, 1) > 1)
+    runs = runs.assign(label=[group_label(r.method, r.hparams, counts.get(r.method, 1) > 1)
                               for r in runs.itertuples()])
     return runs
 
@@ -187,7 +180,7 @@ def plot(res: Any, out_dir: str | Path, benchmark: str | None = None) -> list[Pa
             ax.set_xlabel("loop step", fontsize=8)
         flat[0].set_ylabel("success", fontsize=8)
         flat[0].legend(fontsize=7)
-        written.append(_save(plt, fig, out / f"{b}_success.png"))
+        written.append(save_png(plt, fig, out / f"{b}_success.png"))
 
         d = res.diagnostics
         runs = _finished(res, b)
@@ -205,14 +198,5 @@ def plot(res: Any, out_dir: str | Path, benchmark: str | None = None) -> list[Pa
                     ax.plot(s.index, s.values, lw=1, label=task.removesuffix("-v3"))
                 ax.set_title(f"{label}: {loss} task weights", fontsize=9)
             axes[0, 0].legend(fontsize=6, ncol=5)
-            written.append(_save(plt, fig, out / f"{b}_sac_weights.png"))
+            written.append(save_png(plt, fig, out / f"{b}_sac_weights.png"))
     return written
-
-
-def _save(plt: Any, fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path

@@ -1,24 +1,23 @@
-"""Validation: turn an :class:`ExperimentConfig` into checked :class:`RunConfig` s.
+"""Planning a run: an :class:`ExperimentConfig` → checked :class:`RunConfig` s → what to run.
 
 Everything that can be known before training is checked here, in the driver, before any Ray
 process starts: names (benchmark, methods, config keys), hyperparameters (through
 ``methods.create``, which validates each method's ``Config``; a benchmark's
 ``method_hparams`` — its reference runs' settings — apply unless the user sets them, and are
-resolved before run ids are hashed), ranges of the training
-settings, the data root (the benchmark is built and its train loader opened), and the
-method × benchmark capability matrix, which the trainer of the benchmark's ``kind`` checks
-(``orchestrator.supervised.validate``: required model features, gradient level vs. the
-model's shared representation and multi-input data, head-update rule, distributed
-exactness). Each error is a :class:`ConfigError` that says how to fix it.
+resolved before run ids are hashed), ranges of the training settings, the data root (the
+benchmark is built and its train loader opened), and the method × benchmark capability
+matrix, which the trainer of the benchmark's ``kind`` checks (``Trainer.validate``; for
+supervised benchmarks: required model features, gradient level vs. the model's shared
+representation and multi-input data, head-update rule, distributed exactness). Each error
+is a :class:`ConfigError` that says how to fix it. :func:`plan` then splits the runs into
+those to execute and finished ones to skip.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from orchestrator.config import (
     HEAD_UPDATES,
     LEVELS,
     OPTIMIZERS,
-    PROTOCOL_FIELDS,
     SCHEDULES,
     SELECTIONS,
     STL,
@@ -38,21 +36,13 @@ from orchestrator.config import (
     RunConfig,
     TrainConfig,
 )
-from orchestrator.train import trainer_module
+from orchestrator.results import ResultsStore
+from orchestrator.run.registry import import_plugins, trainer_for
+from orchestrator.trainers.base import data_hint
 
-
-def import_plugins(plugins: Sequence[str], workdir: str | None = None) -> None:
-    """Import user modules that register methods or benchmarks (``plugins`` key)."""
-    if workdir and workdir not in sys.path:
-        sys.path.insert(0, workdir)
-    for name in plugins:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise ConfigError(
-                f"plugin module {name!r} could not be imported ({e}); fix: make it importable "
-                "from the current directory or PYTHONPATH, or remove it from plugins"
-            ) from None
+#: run statuses that are not repeated (``nonfinite``: a deterministic rerun would diverge
+#: again); ``rerun=True`` clears and repeats them
+FINAL = ("finished", "nonfinite")
 
 
 def open_benchmark(name: str, data_root: str | None, options: dict[str, Any]) -> envs.Benchmark:
@@ -64,24 +54,24 @@ def open_benchmark(name: str, data_root: str | None, options: dict[str, Any]) ->
     try:
         return envs.create(name, root=data_root, **options)
     except (ValueError, TypeError, OSError) as e:
-        raise ConfigError(_data_hint(name, data_root, e)) from None
+        raise ConfigError(data_hint(name, data_root, e)) from None
 
 
-def _data_hint(name: str, data_root: str | None, e: Exception) -> str:
-    where = "no data_root" if data_root is None else f"data_root={data_root!r}"
-    return (
-        f"benchmark {name!r} could not be opened with {where}: {e}\n"
-        "fix: pass --data-root PATH (or data_root: in the YAML) pointing at the dataset in its "
-        "published layout, or correct bench_options"
-    )
+def resolve_path(path: str | None) -> str | None:
+    """An absolute path (``~`` expanded; relative to the current directory), None for None:
+    Ray workers change directory, so every path a run carries is absolute."""
+    return None if path is None else str(Path(path).expanduser().resolve())
 
 
 def resolve_train(train: TrainConfig, protocol: Any) -> TrainConfig:
-    """Fill ``None`` fields from the benchmark protocol (fields it lacks stay ``None``)."""
+    """Fill ``None`` fields from the benchmark protocol: every :class:`TrainConfig` field that
+    the protocol dataclass also has (fields it lacks stay ``None``)."""
     values = dataclasses.asdict(train)
-    for name in PROTOCOL_FIELDS:
-        if values[name] is None:
-            values[name] = getattr(protocol, name, None)
+    given = {f.name for f in dataclasses.fields(protocol)} if dataclasses.is_dataclass(protocol) \
+        else set(vars(protocol))
+    for name, value in values.items():
+        if value is None and name in given:
+            values[name] = getattr(protocol, name)
     return TrainConfig(**values)
 
 
@@ -189,12 +179,12 @@ def expand(exp: ExperimentConfig, workdir: str | None = None) -> list[RunConfig]
     import_plugins(exp.plugins, workdir)
     check_resources(exp)
     _check_names(exp)
-    data_root = str(Path(exp.data_root).expanduser().resolve()) if exp.data_root else None
+    data_root = resolve_path(exp.data_root or None)
     bench = open_benchmark(exp.benchmark, data_root, exp.bench_options)
     train = resolve_train(exp.train, bench.protocol)
     check_train(train)
     num_tasks = len(bench.tasks)
-    out = str(Path(exp.out).expanduser().resolve())
+    out = resolve_path(exp.out)
     common = dict(
         benchmark=exp.benchmark, data_root=data_root, bench_options=dict(exp.bench_options),
         model_options=dict(exp.model_options), trainer_options=dict(exp.trainer_options),
@@ -210,25 +200,32 @@ def expand(exp: ExperimentConfig, workdir: str | None = None) -> list[RunConfig]
             continue
         # the benchmark's reference-run hyperparameters (``method_hparams``, e.g. CAGrad's c on
         # MT10), then the user's: resolved before the run id is hashed
-        hp = {**getattr(bench, "method_hparams", {}).get(name, {}), **exp.hparams.get(name, {})}
+        hp = {**bench.method_hparams.get(name, {}), **exp.hparams.get(name, {})}
         try:
             m = methods.create(name, num_tasks, **hp)
         except ValueError as e:
             raise ConfigError(f"{e} (fix: hparams.{name}.<name>=<value>)") from None
         runs += [RunConfig(method=name, seed=s, hparams=m.hparams(), **common) for s in exp.seeds]
-    kind = getattr(type(bench), "kind", "supervised")
     try:
-        trainer = trainer_module(kind)
-    except ImportError as e:
-        raise ConfigError(f"benchmark {exp.benchmark!r} (kind {kind!r}) needs a trainer that "
-                          f"could not be imported: {e}") from None
-    if hasattr(trainer, "validate"):
-        try:
-            trainer.validate(runs, bench)
-        except ConfigError:
-            raise
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    ids = [r.run_id for r in runs]
-    assert len(set(ids)) == len(ids), "run ids must be unique"
+        trainer_for(bench).validate(runs, bench)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if len({r.run_id for r in runs}) != len(runs):
+        raise ConfigError(f"two runs of this experiment have the same id: {[r.run_id for r in runs]}")
     return runs
+
+
+def plan(exp: ExperimentConfig, workdir: str | None = None) -> tuple[list[RunConfig], list[RunConfig]]:
+    """(runs to execute, finished runs to skip); validates everything first."""
+    runs = expand(exp, workdir)
+    store = ResultsStore(runs[0].out)
+    todo, done = [], []
+    for r in runs:
+        row = store.read_run(r.run_id)
+        if row is not None and row["status"] in FINAL and not exp.rerun:
+            done.append(r)
+        else:
+            todo.append(r)
+    return todo, done

@@ -10,7 +10,7 @@ the rest (each resumes from its checkpoint if it has one):
                ``gpus_per_worker`` GPUs; fractions pack runs on a GPU), single-threaded by
                default; Ray runs as many at once as the resources allow (or
                ``max_concurrent``). A Ray Train fit per run would cost ~20 s of start-up each
-               (research/ray.md §7); a task costs one Ray start per command (~5-15 s) and
+               (docs/ray.md §6); a task costs one Ray start per command (~5-15 s) and
                one torch import per worker process.
 ``workers≥2``  each run is a Ray Train ``TorchTrainer`` fit on W workers
                (:mod:`orchestrator.ray_train`), launched from a zero-CPU Ray task so that
@@ -38,12 +38,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from orchestrator.config import ConfigError, ExperimentConfig, RunConfig
-from orchestrator.progress import ProgressBoard, ProgressSink
-from orchestrator.results import ResultsStore
-from orchestrator.train import local_context, train_run
-from orchestrator.validate import expand
-
-FINAL = ("finished", "nonfinite")
+from orchestrator.run.execute import train_run
+from orchestrator.run.plan import plan
+from orchestrator.run.progress import ProgressBoard, ProgressSink
+from orchestrator.trainers.base import local_context
 
 
 @dataclass
@@ -63,20 +61,6 @@ def clear_run(out: Path, run_id: str) -> None:
     (out / "runs" / f"{run_id}.parquet").unlink(missing_ok=True)
     for sub in ("metrics", "diagnostics", "checkpoints", "ray"):
         shutil.rmtree(out / sub / run_id, ignore_errors=True)
-
-
-def plan(exp: ExperimentConfig, workdir: str | None = None) -> tuple[list[RunConfig], list[RunConfig]]:
-    """(runs to execute, finished runs to skip); validates everything first."""
-    runs = expand(exp, workdir)
-    store = ResultsStore(runs[0].out)
-    todo, done = [], []
-    for r in runs:
-        row = store.read_run(r.run_id)
-        if row is not None and row["status"] in FINAL and not exp.rerun:
-            done.append(r)
-        else:
-            todo.append(r)
-    return todo, done
 
 
 def run_experiment(exp: ExperimentConfig, *, stream: TextIO | None = None,
@@ -152,24 +136,26 @@ def _run_inline(todo: list[RunConfig], board: ProgressBoard,
     return outcomes
 
 
-def _task_entry(run: dict[str, Any], sink: Any) -> dict[str, Any]:
+def _task_entry(cfg: RunConfig, sink: Any) -> dict[str, Any]:
     """Body of a ``workers=1`` Ray task."""
-    cfg = RunConfig.from_dict(run)
     ctx = local_context(cfg, on_progress=lambda e: sink.push.remote(e))
     return train_run(cfg, ctx)
 
 
-def _fit_entry(run: dict[str, Any], sink: Any, max_failures: int) -> dict[str, Any]:
+def _fit_entry(cfg: RunConfig, sink: Any, max_failures: int) -> dict[str, Any]:
     """Body of the zero-CPU Ray task that drives one ``workers>=2`` Ray Train fit."""
-    from orchestrator import ray_train
+    from orchestrator.run import ray_train
 
-    return ray_train.fit(RunConfig.from_dict(run), sink=sink, max_failures=max_failures)
+    return ray_train.fit(cfg, sink=sink, max_failures=max_failures)
 
 
 def init_ray(address: str | None = None, verbose: bool = False, **kwargs: Any) -> bool:
     """Start a local Ray (or connect to ``address``); True if this call started it."""
     import ray
 
+    from orchestrator.run.ray_compat import check_version
+
+    check_version(ray.__version__)
     if ray.is_initialized():
         return False
     ray.init(address=address, log_to_driver=verbose,
@@ -211,12 +197,12 @@ def _run_ray(exp: ExperimentConfig, todo: list[RunConfig], board: ProgressBoard,
                 num_cpus=exp.cpus_per_worker, num_gpus=exp.gpus_per_worker, max_retries=0)
 
             def submit(r: RunConfig):
-                return remote.remote(r.to_dict(), sink)
+                return remote.remote(r, sink)
         else:
             remote = ray.remote(_fit_entry).options(num_cpus=0, max_retries=0)
 
             def submit(r: RunConfig):
-                return remote.remote(r.to_dict(), sink, exp.max_failures)
+                return remote.remote(r, sink, exp.max_failures)
 
         queue = list(todo)
         pending: dict[Any, RunConfig] = {}
