@@ -342,6 +342,7 @@ class CelebA(Benchmark):
         """FAMO's HPS network, or ``arch=<name>`` on the same encoder and heads: hps,
         cross_stitch, mmoe, cgc, ple, dselect_k, ltb (not mtan: no ResNet); see
         docs/architectures.md."""
+        architectures.check_option_names(self.name, arch_options, ["width"])
         if arch in (None, "hps") and not arch_options:
             return CelebANet(self.tasks, width=width)
         return architectures.build(arch or "hps", self.architecture_spec(width), **arch_options)

@@ -521,6 +521,7 @@ class _Office(Benchmark):
         ``arch`` (hps, mmoe, mtan, cgc, dselect_k) recombines the same encoder and heads
         into another architecture, every ResNet copy loaded from ``pretrained_path`` as
         LibMTL loads each copy; cross_stitch, ple and ltb are refused (multi-input)."""
+        architectures.check_option_names(self.name, arch_options, ["width", "pretrained_path"])
         if arch in (None, "hps") and not arch_options:
             return OfficeNet(self.tasks, self.num_classes, width=width,
                              pretrained_path=pretrained_path)

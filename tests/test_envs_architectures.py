@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pickle
 import sys
 import types
 
@@ -464,6 +465,32 @@ def test_ltb_warm_up_then_one_hot_links(digits, caplog):
 def test_bad_options_are_named(options, match, digits):
     with pytest.raises(ValueError, match=match):
         digits.build_model(**options)
+
+
+def test_office_and_celeba_name_unknown_model_options(office_root, tmp_path):
+    office = envs.create("office31", root=office_root, image_size=16)
+    with pytest.raises(ValueError, match=r"\['depth'\] for office31; valid: width, pretrained_path"):
+        office.build_model(depth=3)
+    ffx.write_celeba(tmp_path, seed=1)
+    celeba = envs.create("celeba", root=tmp_path, image_size=16)
+    with pytest.raises(ValueError, match=r"valid: width, arch \(one of hps"):
+        celeba.build_model(arch="mmoe", experts=2)
+
+
+@pytest.mark.parametrize("arch", [a for a in A.available() if a != "mtan"])
+def test_models_pickle_and_reload(arch, digits):
+    torch.manual_seed(0)
+    model = digits.build_model(arch=arch).eval()
+    clone = pickle.loads(pickle.dumps(model))
+    torch.manual_seed(1)
+    fresh = digits.build_model(arch=arch).eval()
+    fresh.load_state_dict(model.state_dict())
+    x = torch.randn(2, 1, 14, 14)
+    with torch.no_grad():
+        want = model(x)[1]
+        for other in (clone, fresh):
+            got = other(x)[1]
+            assert all(torch.equal(got[t], want[t]) for t in digits.tasks)
 
 
 def test_gates_refuse_another_input_size(digits):

@@ -85,6 +85,18 @@ def split_options(model_options: Mapping[str, Any]) -> tuple[str | None, dict, d
     return arch, arch_opts, opts
 
 
+def check_option_names(benchmark: str, options: Mapping[str, Any], own: list[str]) -> None:
+    """``ValueError`` for model options that are neither the benchmark's (``own``) nor an
+    architecture's, naming every valid one."""
+    unknown = sorted(set(options) - OPTION_NAMES - set(own) - {"arch"})
+    if unknown:
+        raise ValueError(
+            f"unknown model option(s) {unknown} for {benchmark}; valid: {', '.join(own)}, "
+            f"arch (one of {', '.join(_CLASSES)}) and its options "
+            f"({', '.join(sorted(OPTION_NAMES))})"
+        )
+
+
 def build(name: str, spec: ArchSpec, **options: Any) -> ArchModel:
     """Architecture ``name`` built from ``spec``; ``ValueError`` if it does not apply or an
     option is unknown (naming the valid choices), before any module is built."""
@@ -166,6 +178,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 __all__ = [
     "CGC", "HPS", "LTB", "MMoE", "MTAN", "OPTION_NAMES", "PLE", "ArchModel", "ArchSpec",
-    "CrossStitch", "DSelectK", "accepted", "available", "build", "describe", "format_table",
+    "CrossStitch", "DSelectK", "accepted", "available", "build", "check_option_names",
+    "describe", "format_table",
     "get_class", "outputs_and_rep", "split_options", "unmet",
 ]
