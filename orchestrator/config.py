@@ -35,10 +35,11 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,59 +57,118 @@ DEFAULT_BENCHMARK = "multi_digits"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "step", "cosine", "plateau")
 SELECTIONS = ("last", "best_val")
-LEVELS = ("auto", "param", "rep")
-HEAD_UPDATES = ("own", "weighted")
 
 
 class ConfigError(ValueError):
     """A configuration problem found before any compute; the message names the fix."""
 
 
-def _f(default: Any = None, help: str = "", factory: Any = None) -> Any:
+@dataclass(frozen=True)
+class Valid:
+    """The valid values of a :class:`TrainConfig` field (``None`` is always valid: "the
+    protocol's value"), checked by :func:`orchestrator.run.plan.check_train`."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    integer: bool = False
+    #: the allowed values, or a function returning them (read from ``methods`` on use)
+    choices: tuple[str, ...] | Callable[[], Sequence[str]] | None = None
+
+    def problem(self, v: Any) -> str | None:
+        """What ``v`` must be, or None if it is valid."""
+        if self.choices is not None:
+            choices = self.choices() if callable(self.choices) else self.choices
+            return None if v in choices else f"one of {list(choices)}"
+        if self.integer:
+            ok = isinstance(v, int) and not isinstance(v, bool) and v >= self.low
+            return None if ok else f"an integer >= {int(self.low)}"
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (v > self.low if self.low_open else v >= self.low) and v <= self.high
+        return None if ok else f"in {'(' if self.low_open else '['}{self.low}, {self.high}]"
+
+
+def _head_updates() -> Sequence[str]:
+    from methods.base import HEAD_UPDATES
+
+    return HEAD_UPDATES
+
+
+def _levels() -> Sequence[str]:
+    from methods.engine import Level
+
+    return typing.get_args(Level)
+
+
+_COUNT, _COUNT0 = Valid(low=1, integer=True), Valid(low=0, integer=True)
+_POSITIVE, _NONNEG = Valid(low=0.0, low_open=True), Valid(low=0.0)
+
+
+def _f(default: Any = None, help: str = "", factory: Any = None, valid: Valid | None = None
+       ) -> Any:
+    metadata = {"help": help, "valid": valid}
     if factory is not None:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class TrainConfig:
     """Optimisation settings of a run. ``None`` means "the benchmark protocol's value"."""
 
-    epochs: int | None = _f(help="training epochs")
-    steps: int | None = _f(help="total training steps, for step-based (RL) trainers")
-    batch_size: int | None = _f(help="global batch size (split evenly over workers)")
-    optimizer: str | None = _f(help=f"one of {list(OPTIMIZERS)}")
-    lr: float | None = _f(help="learning rate of the model")
-    weight_decay: float | None = _f(help="weight decay (L2 for adam/sgd, decoupled for adamw)")
-    momentum: float | None = _f(help="momentum (sgd only)")
+    epochs: int | None = _f(help="training epochs", valid=_COUNT)
+    steps: int | None = _f(help="total training steps, for step-based (RL) trainers",
+                           valid=_COUNT)
+    batch_size: int | None = _f(help="global batch size (split evenly over workers)",
+                                valid=_COUNT)
+    optimizer: str | None = _f(help=f"one of {list(OPTIMIZERS)}", valid=Valid(choices=OPTIMIZERS))
+    lr: float | None = _f(help="learning rate of the model", valid=_POSITIVE)
+    weight_decay: float | None = _f(help="weight decay (L2 for adam/sgd, decoupled for adamw)",
+                                    valid=_NONNEG)
+    momentum: float | None = _f(help="momentum (sgd only)", valid=Valid(low=0.0, high=1.0))
     lr_schedule: str | None = _f(
         help=f"one of {list(SCHEDULES)}; step: ×gamma every step_size epochs; plateau: "
-        "ReduceLROnPlateau(factor=gamma, patience, min_lr) on the validation score"
+        "ReduceLROnPlateau(factor=gamma, patience, min_lr) on the validation score",
+        valid=Valid(choices=SCHEDULES),
     )
-    step_size: int | None = _f(help="epochs per lr decay (step schedule)")
-    gamma: float | None = _f(help="lr decay factor (step, plateau)")
-    patience: int | None = _f(help="plateau: evaluations without improvement before a decay")
-    min_lr: float | None = _f(help="plateau: lower bound of the lr")
-    eval_every: int | None = _f(help="evaluate val/test every k epochs (and always at the end)")
+    step_size: int | None = _f(help="epochs per lr decay (step schedule)", valid=_COUNT)
+    gamma: float | None = _f(help="lr decay factor (step, plateau)",
+                             valid=Valid(low=0.0, high=1.0, low_open=True))
+    patience: int | None = _f(help="plateau: evaluations without improvement before a decay",
+                              valid=_COUNT0)
+    min_lr: float | None = _f(help="plateau: lower bound of the lr", valid=_NONNEG)
+    eval_every: int | None = _f(help="evaluate val/test every k epochs (and always at the end)",
+                                valid=_COUNT)
     average_last: int | None = _f(
-        help="selection=last: report the mean test metrics of the last k evaluations"
+        help="selection=last: report the mean test metrics of the last k evaluations",
+        valid=_COUNT,
     )
     selection: str | None = _f(
         help=f"one of {list(SELECTIONS)}: which evaluation's test metrics are reported "
-        "(best_val: the best validation score, never test)"
+        "(best_val: the best validation score, never test)",
+        valid=Valid(choices=SELECTIONS),
     )
     method_lr: float | None = _f(
-        help="learning rate of the method's own parameters (UW's log-variances ...); None = lr"
+        help="learning rate of the method's own parameters (UW's log-variances ...); None = lr",
+        valid=_POSITIVE,
     )
-    level: str = _f("auto", help=f"gradient level, one of {list(LEVELS)}; auto = the method's")
+    level: str = _f(
+        "auto", help="gradient level: auto (the method's default), param or rep "
+        "(methods.engine.Level)", valid=Valid(choices=_levels),
+    )
     head_update: str | None = _f(
-        help=f"task-specific parameter rule, one of {list(HEAD_UPDATES)}; None = the method's"
+        help="task-specific parameter rule: own or weighted (methods.base.HEAD_UPDATES); None = "
+        "the method's", valid=Valid(choices=_head_updates),
     )
-    max_steps_per_epoch: int | None = _f(help="cap training steps per epoch (smoke tests)")
-    max_eval_batches: int | None = _f(help="cap batches per evaluation (smoke tests)")
-    eval_batch_size: int | None = _f(help="evaluation batch size; None = batch_size")
+    max_steps_per_epoch: int | None = _f(help="cap training steps per epoch (smoke tests)",
+                                         valid=_COUNT)
+    max_eval_batches: int | None = _f(help="cap batches per evaluation (smoke tests)",
+                                      valid=_COUNT)
+    eval_batch_size: int | None = _f(help="evaluation batch size; None = batch_size",
+                                     valid=_COUNT)
     diagnostics_every: int = _f(
-        10, help="log task weights, gradient norms and cosines every k steps (0 = never)"
+        10, help="log task weights, gradient norms and cosines every k steps (0 = never)",
+        valid=_COUNT0,
     )
 
 

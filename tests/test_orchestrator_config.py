@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,22 @@ def test_overrides_are_yaml_and_override_flags():
     args.args += extra
     exp, _ = cli.build_experiment(args)
     assert exp.out == "b" and exp.seeds == [3]
+
+
+def test_every_train_field_declares_its_valid_values():
+    import dataclasses
+
+    from orchestrator.config import Valid
+
+    for f in dataclasses.fields(TrainConfig):
+        assert isinstance(f.metadata.get("valid"), Valid), f"TrainConfig.{f.name}: add valid=..."
+    # the choices that belong to methods/ are read from it, not copied
+    from methods.base import HEAD_UPDATES
+
+    with pytest.raises(ConfigError, match=re.escape(f"head_update must be one of {list(HEAD_UPDATES)}")):
+        check_train(TrainConfig(head_update="both"))
+    with pytest.raises(ConfigError, match=r"train.level must be one of \['auto', 'param', 'rep'\]"):
+        check_train(TrainConfig(level="layer"))
+    with pytest.raises(ConfigError, match=r"train.diagnostics_every must be an integer >= 0"):
+        check_train(TrainConfig(diagnostics_every=-1))
+    check_train(TrainConfig(diagnostics_every=0, head_update="weighted", level="rep"))

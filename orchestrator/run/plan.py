@@ -18,18 +18,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import envs
 import methods
 from orchestrator.config import (
-    HEAD_UPDATES,
-    LEVELS,
-    OPTIMIZERS,
-    SCHEDULES,
-    SELECTIONS,
     STL,
     ConfigError,
     ExperimentConfig,
@@ -76,50 +70,16 @@ def resolve_train(train: TrainConfig, protocol: Any) -> TrainConfig:
 
 
 def check_train(t: TrainConfig) -> None:
-    """Range checks of every set field of a resolved :class:`TrainConfig`."""
-
-    def need(name: str, ok: bool, what: str) -> None:
-        if not ok:
+    """Range checks of every set field of a resolved :class:`TrainConfig`, as each field
+    declares them (``valid`` in its metadata)."""
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(t, f.name)
+        what = None if v is None else f.metadata["valid"].problem(v)
+        if what is not None:
             raise ConfigError(
-                f"train.{name} must be {what}, got {getattr(t, name)!r} "
-                f"(fix: pass train.{name}=... or leave it unset for the protocol's value)"
+                f"train.{f.name} must be {what}, got {v!r} "
+                f"(fix: pass train.{f.name}=... or leave it unset for the protocol's value)"
             )
-
-    def pos_int(name: str, low: int = 1) -> None:
-        v = getattr(t, name)
-        if v is not None:
-            need(name, isinstance(v, int) and not isinstance(v, bool) and v >= low,
-                 f"an integer >= {low}")
-
-    def num(name: str, low: float, high: float = math.inf, low_open: bool = False) -> None:
-        v = getattr(t, name)
-        if v is not None:
-            ok = isinstance(v, (int, float)) and math.isfinite(v)
-            ok = ok and (v > low if low_open else v >= low) and v <= high
-            need(name, ok, f"in {'(' if low_open else '['}{low}, {high}]")
-
-    def choice(name: str, choices: Sequence[str], optional: bool = True) -> None:
-        v = getattr(t, name)
-        if v is None and optional:
-            return
-        need(name, v in choices, f"one of {list(choices)}")
-
-    pos_int("patience", 0)
-    for name in ("epochs", "steps", "batch_size", "step_size", "eval_every", "average_last",
-                 "max_steps_per_epoch", "max_eval_batches", "eval_batch_size"):
-        pos_int(name)
-    pos_int("diagnostics_every", 0)
-    num("lr", 0.0, low_open=True)
-    num("method_lr", 0.0, low_open=True)
-    num("weight_decay", 0.0)
-    num("min_lr", 0.0)
-    num("momentum", 0.0, 1.0)
-    num("gamma", 0.0, 1.0, low_open=True)
-    choice("optimizer", OPTIMIZERS)
-    choice("lr_schedule", SCHEDULES)
-    choice("selection", SELECTIONS)
-    choice("level", LEVELS, optional=False)
-    choice("head_update", HEAD_UPDATES)
 
 
 def check_resources(exp: ExperimentConfig) -> None:
