@@ -45,6 +45,9 @@ import torch
 from torch import Tensor, nn
 
 HEAD_UPDATES = ("own", "weighted")
+#: method-independent loss transforms, applied before the method's own (``loss_transform``)
+LOSS_TRANSFORMS = ("none", "log")
+LOG_EPS = 1e-8
 _FIXED = ("aggregate", "weights_from_gramian")
 
 
@@ -180,6 +183,7 @@ class Method(nn.Module):
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.step_count = 0
+        self.loss_transform = "none"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -197,6 +201,33 @@ class Method(nn.Module):
         """Loss-level part of the method (identity by default). Must stay differentiable."""
         return losses
 
+    def prepare_losses(self, losses: Tensor) -> Tensor:
+        """What the engine differentiates: the method-independent ``loss_transform`` (log(L +
+        1e-8) for ``"log"``, DB-MTL's loss balancing on any method), then the method's own
+        :meth:`transform_losses` (IMTL-L's e^s·L − s, UW's terms: they act on log losses)."""
+        if self.loss_transform == "log":
+            losses = torch.log(losses + LOG_EPS)
+        return self.transform_losses(losses)
+
+    def set_loss_transform(self, name: str) -> None:
+        """Choose the method-independent loss transform (``methods.create(...,
+        loss_transform=...)``); ``ValueError`` where it cannot combine with the method."""
+        check_choice("loss_transform", name, LOSS_TRANSFORMS)
+        if name == "log":
+            conflict = self.log_transform_conflict()
+            if conflict:
+                raise ValueError(f"{self.name} cannot take loss_transform='log': {conflict}")
+        self.loss_transform = name
+
+    def log_transform_conflict(self) -> str | None:
+        """Why log-transformed losses cannot feed this method, or None. Methods that compute
+        with the loss values themselves and need them positive (ratios, logs) cannot take
+        log(L), which is negative for L < 1."""
+        if self._needs_positive_losses():
+            return ("it computes with the loss values and needs them positive, but log(L) is "
+                    "negative for L < 1; use loss_transform='none'")
+        return None
+
     def needs_grads(self) -> bool:
         """Whether the next :meth:`aggregate` call needs gradients (Nash-MTL skips steps)."""
         return self.requires_grads
@@ -204,6 +235,10 @@ class Method(nn.Module):
     def requires_positive_losses(self) -> bool:
         """Whether this instance needs raw task losses > 0 (declared; read by validation
         before any training, e.g. to keep signed RL losses away from log-based methods)."""
+        return self._needs_positive_losses() or self.loss_transform == "log"
+
+    def _needs_positive_losses(self) -> bool:
+        """The method's own need (``positive_losses``, refined per hyperparameters)."""
         return self.positive_losses
 
     def max_grad_norm(self) -> float | None:
@@ -281,7 +316,8 @@ class Method(nn.Module):
         return f"num_tasks={self.num_tasks}" + (f", {fields}" if fields else "")
 
     def hparams(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else {}
+        fields = dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else {}
+        return {**fields, "loss_transform": self.loss_transform}
 
     def __str__(self) -> str:
         return self.name

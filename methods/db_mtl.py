@@ -26,6 +26,12 @@ Weights: LibMTL returns ones; mtlx returns the effective scales a_t (note they m
 EMA vectors ĝ_t, not this step's g_t, so ``direction`` is not Σ a_t g_t). Heads get their
 own gradient of log(L_t + 1e-8) from this batch (no EMA, no scaling), as in LibMTL.
 
+Ablation switches (the paper's Table 5): ``log_transform=False`` skips step 1 (the raw
+losses are balanced), ``balance_gradients=False`` skips step 2 (d = Σ_t g_t of the log
+losses: identical to ``ew`` with ``loss_transform="log"``); both off is ``ew``. The
+method-independent ``loss_transform="log"`` is refused here: step 1 already is that
+transform.
+
 The log needs L_t > −1e-8: any loss ≤ −1e-8 raises ``ValueError`` (LibMTL would produce
 NaN). Representation-level gradients are not supported (LibMTL raises). The T×P buffer is
 persistent state (a buffer of this module, sized on the first step, saved in
@@ -42,26 +48,39 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from methods.base import Aggregation, Method, StepContext, check_choice, check_range
+from methods.base import (
+    LOG_EPS,
+    Aggregation,
+    Method,
+    StepContext,
+    check_bool,
+    check_choice,
+    check_range,
+)
 from methods.registry import register
 from methods.space import Choice, Uniform
 
 GAMMAS = ("max", "min", "mean", "median", "constant")
-LOG_EPS = 1e-8
 
 
 @dataclass(frozen=True)
 class DBMTLConfig:
     """``beta``: EMA weight on the old buffer; ``beta_sigma``: b_k = β/k^σ decay;
     ``gamma``: the common norm of the task contributions (max/min/mean/median of the EMA
-    gradient norms, or ``constant`` = ``gamma_value``)."""
+    gradient norms, or ``constant`` = ``gamma_value``). ``log_transform`` and
+    ``balance_gradients``: the paper's two components, switchable for its ablation (Table 5);
+    both on is DB-MTL."""
 
     beta: float = 0.9
     beta_sigma: float = 0.0
     gamma: str = "max"
     gamma_value: float | None = None
+    log_transform: bool = True
+    balance_gradients: bool = True
 
     def __post_init__(self) -> None:
+        check_bool("log_transform", self.log_transform)
+        check_bool("balance_gradients", self.balance_gradients)
         check_range("beta", self.beta, 0.0, 1.0, high_inclusive=False)
         check_range("beta_sigma", self.beta_sigma, 0.0)
         check_choice("gamma", self.gamma, GAMMAS)
@@ -111,7 +130,16 @@ class DBMTL(Method):
         # T×P EMA of the gradients; sized lazily on the first step (P is unknown before).
         self.register_buffer("grad_buffer", torch.zeros(0))
 
+    def _needs_positive_losses(self) -> bool:
+        return self.config.log_transform
+
+    def log_transform_conflict(self) -> str | None:
+        return ("db_mtl applies log(L + 1e-8) itself (its log_transform switch, on by "
+                "default); use loss_transform='none'")
+
     def transform_losses(self, losses: Tensor) -> Tensor:
+        if not self.config.log_transform:
+            return losses
         bad = losses.detach() <= -LOG_EPS
         if bool(bad.any()):
             raise ValueError(
@@ -125,6 +153,9 @@ class DBMTL(Method):
         self, grads: Tensor | None, losses: Tensor, context: StepContext | None
     ) -> Aggregation:
         assert grads is not None
+        if not self.config.balance_gradients:  # the ablation: the plain sum of gradients
+            ones = torch.ones_like(losses)
+            return Aggregation(direction=ones.to(grads.dtype) @ grads, weights=ones)
         g = grads.detach()
         if self.grad_buffer.numel() == 0:
             self.grad_buffer = torch.zeros_like(g)

@@ -255,7 +255,7 @@ def backward(
         losses = _globalise(losses)
     if method.requires_positive_losses():
         check_positive_losses(method.name, losses.detach())
-    transformed = method.transform_losses(losses)
+    transformed = method.prepare_losses(losses)
     if not torch.isfinite(transformed.detach()).all():
         bad = [t for t in range(T) if not math.isfinite(float(transformed.detach()[t]))]
         raise FloatingPointError(f"non-finite (transformed) loss for task(s) {bad}")

@@ -153,7 +153,7 @@ class MGDA(GramianMethod):
 
     Config = MGDAConfig
 
-    def requires_positive_losses(self) -> bool:
+    def _needs_positive_losses(self) -> bool:
         return self.config.normalization in ("loss", "loss+")
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> tuple[Tensor, dict[str, float]]:

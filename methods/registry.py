@@ -35,13 +35,19 @@ def get_class(name: str) -> type[Method]:
     return _REGISTRY[name]
 
 
+#: hyperparameters every method takes, beside its own Config's
+COMMON_HPARAMS: dict[str, Any] = {"loss_transform": "none"}
+
+
 def hparam_fields(name: str) -> dict[str, Any]:
-    """{hyperparameter: default} of a method, from its ``Config`` dataclass."""
+    """{hyperparameter: default} of a method: its ``Config`` dataclass's fields and the
+    common ``loss_transform`` (``"none"`` | ``"log"``, see ``Method.prepare_losses``)."""
     cls = get_class(name)
-    return {
+    own = {
         f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
         for f in dataclasses.fields(cls.Config)
     }
+    return {**own, **COMMON_HPARAMS}
 
 
 def make_config(name: str, **hparams: Any):
@@ -54,10 +60,12 @@ def make_config(name: str, **hparams: Any):
         raise ValueError(
             f"unknown hyperparameter(s) {unknown} for method {name!r}; valid: {listed}"
         )
-    return cls.Config(**hparams)
+    return cls.Config(**{k: v for k, v in hparams.items() if k not in COMMON_HPARAMS})
 
 
 def create(name: str, num_tasks: int, *, seed: int = 0, **hparams: Any) -> Method:
     """Build method ``name`` for ``num_tasks`` tasks; hyperparameters are validated here."""
     cls = get_class(name)
-    return cls(num_tasks, make_config(name, **hparams), seed=seed)
+    method = cls(num_tasks, make_config(name, **hparams), seed=seed)
+    method.set_loss_transform(hparams.get("loss_transform", COMMON_HPARAMS["loss_transform"]))
+    return method
