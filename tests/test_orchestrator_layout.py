@@ -122,3 +122,54 @@ def test_files_and_functions_stay_readable():
                                           f"{node.name}: {n} lines")
     assert not long_files, f"files over {MAX_FILE_LINES} lines: {long_files}"
     assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines: {long_functions}"
+
+
+def test_one_runs_config_goes_downward_from_the_cli_to_parquet(tmp_path, monkeypatch):
+    """Trace ``mtlx run`` in-process: at every call that receives a config object, the
+    orchestrator files on the call stack (root first, consecutive repeats merged) go down
+    through the layers and never return to a file already left (a → b → a), and the path
+    reaches the Parquet writer."""
+    import sys
+
+    import tests.orchestrator_bench as toy
+    from orchestrator import cli
+    from orchestrator.config import ExperimentConfig, RunConfig, TrainConfig
+
+    configs = (ExperimentConfig, RunConfig, TrainConfig)
+    pkg = str(PKG)
+    returns, visited = [], []
+
+    def files_on_stack(frame) -> list[str]:
+        out = []
+        while frame is not None:
+            f = frame.f_code.co_filename
+            if f.startswith(pkg) and (not out or out[-1] != f):
+                out.append(f)
+            frame = frame.f_back
+        return out[::-1]
+
+    def profile(frame, event, arg):
+        if event != "call" or not frame.f_code.co_filename.startswith(pkg):
+            return
+        if not any(isinstance(v, configs) for v in frame.f_locals.values()):
+            return
+        stack = [str(Path(f).relative_to(ROOT)) for f in files_on_stack(frame)]
+        visited.append(stack[-1])
+        layers = [LAYERS[_part(f.removesuffix(".py").replace("/", "."))] for f in stack]
+        if len(set(stack)) != len(stack) or layers != sorted(layers, reverse=True):
+            returns.append(" → ".join(stack))
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--benchmark", toy.NAME, "--methods", "ew", "--seeds", "0", "--workers", "0",
+            "--out", "res", "--no-report", "plugins=[tests.orchestrator_bench]"]
+    sys.setprofile(profile)
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        sys.setprofile(None)
+    assert not returns, "config paths that return to a file already left:\n" + "\n".join(
+        sorted(set(returns)))
+    for part in ("run/launch.py", "run/plan.py", "run/execute.py", "trainers/supervised.py",
+                 "results/schemas.py"):
+        assert f"orchestrator/{part}" in visited, part
+    assert (tmp_path / "res" / "runs").is_dir()
