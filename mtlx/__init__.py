@@ -72,4 +72,13 @@ sys.modules["mtlx.methods"], sys.modules["mtlx.envs"] = methods, envs
 if not any(isinstance(f, _Alias) for f in sys.meta_path):
     sys.meta_path.insert(0, _Alias())
 
-__all__ = ["envs", "methods"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``mtlx`` command (:func:`orchestrator.cli.main`) with mtlx's own packages."""
+    from orchestrator.cli import main as cli_main
+
+    return cli_main(argv)
+
+
+__all__ = ["envs", "main", "methods"]

@@ -1,7 +1,6 @@
 """``python -m mtlx`` = the ``mtlx`` command, with mtlx's own ``methods`` and ``envs`` loaded
 by file location first (see :mod:`mtlx`)."""
 
-import mtlx  # noqa: F401  (loads mtlx's own methods and envs before the orchestrator)
-from orchestrator.cli import main
+from mtlx import main
 
 raise SystemExit(main())

@@ -65,3 +65,9 @@ def test_mtlx_loads_its_own_despite_the_shadow(tmp_path):
                                    "mtlx.methods is methods)"])
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(REPO / "methods" / "__init__.py"), "False", "True"]
+
+
+def test_python_m_mtlx_runs_the_cli_despite_the_shadow(tmp_path):
+    r = _shadowed(tmp_path, ["-m", "mtlx", "methods"])
+    assert r.returncode == 0, r.stderr
+    assert "cagrad" in r.stdout and "pcgrad" in r.stdout  # mtlx's registry, not the fake's

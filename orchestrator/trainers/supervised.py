@@ -393,7 +393,7 @@ class _Loop:
             metrics_spec=dumps({k: [[m.name, m.higher_is_better] for m in ms]
                                 for k, ms in spec.items()}),
             stl_reference=dumps(bench.stl_reference) if bench.stl_reference is not None else None,
-            stl_reference_source=getattr(bench, "stl_reference_source", "") or None,
+            stl_reference_source=bench.stl_reference_source or None,
             protocol=dumps(dataclasses.asdict(bench.protocol))
             if dataclasses.is_dataclass(bench.protocol) else None,
         )
