@@ -10,7 +10,7 @@ facebookresearch/mtrl (research/benchmarks.md §7).
 drawer-open, drawer-close, button-press-topdown, peg-insert-side, window-open, window-close;
 all ``-v3``), one environment per task, task index = environment index. ``mt1``: one named
 task (option ``task``, default ``reach-v3``) for quick checks. ``kind = "rl"``: the
-orchestrator hands these benchmarks to the SAC trainer (``orchestrator/sac.py``).
+orchestrator hands these benchmarks to the SAC trainer (``orchestrator/trainers/rl/``).
 
 Protocol (:class:`MT10Protocol`, every field recorded in the run's provenance by
 :meth:`MetaWorldBenchmark.protocol_record`). Defaults approximate what CAGrad/FAMO ran
@@ -274,7 +274,7 @@ _METRICS = (Metric("success", True), Metric("return", True))
 #: Method hyperparameters of the reference MT10 runs (research/benchmarks.md §7.4), used
 #: instead of each method's own defaults on these benchmarks; a user's explicit
 #: hyperparameters override them. Which SAC losses each method touches is trainer data
-#: (``orchestrator.sac.APPLY_TO``).
+#: (``orchestrator.trainers.rl.APPLY_TO``).
 METHOD_HPARAMS: Mapping[str, Mapping[str, Any]] = {
     # CAGrad mtrl_files/run.sh: cagrad_c=0.9; its cagrad.py update Σ(1/T + λw_t)g_t/(1 + c²)
     # (mean-scaled, no ×T)
@@ -387,7 +387,7 @@ class MetaWorldBenchmark(Benchmark):
     def _not_supervised(self, *args: Any, **kwargs: Any) -> Any:
         raise ValueError(
             f"{self.name} is a reinforcement-learning benchmark (kind='rl'): it has no "
-            "model/loader/evaluator; train it with orchestrator.sac"
+            "model/loader/evaluator; train it with orchestrator.trainers.rl"
         )
 
     build_model = make_loader = forward_losses = new_evaluator = _not_supervised
