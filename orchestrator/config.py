@@ -12,7 +12,7 @@ Two levels:
   finds the same runs (skip if finished, resume if not).
 
 Every field carries a ``help`` text (shown by ``mtlx run --help-config``). Loading rejects
-unknown keys with the closest valid one; :func:`orchestrator.validate.validate` then checks
+unknown keys with the closest valid one; :func:`orchestrator.run.plan.expand` then checks
 every run against the benchmark and method before any Ray process starts.
 
 YAML layout (every key optional; see ``configs/*.yaml``)::
@@ -218,7 +218,8 @@ class ExperimentConfig:
 
 @dataclass
 class RunConfig:
-    """One fully resolved run: what the training function receives (also as a dict)."""
+    """One fully resolved run: the only thing a trainer receives. It crosses the Ray hop as
+    it is (Ray pickles it); :meth:`to_dict` is its JSON form for the runs table."""
 
     benchmark: str
     method: str
@@ -285,6 +286,7 @@ class RunConfig:
         return f"{name} s{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain, key-sorted data (the runs table's ``config_json``)."""
         return _canonical(dataclasses.asdict(self))
 
 

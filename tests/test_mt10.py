@@ -1,5 +1,5 @@
 """Meta-World MT10/MT1 benchmark and the multi-task SAC trainer (envs/mt10.py,
-orchestrator/sac.py). CPU, tiny networks, short episodes; MT1 (reach-v3) wherever one task
+orchestrator/trainers/rl/). CPU, tiny networks, short episodes; MT1 (reach-v3) wherever one task
 shows the property, MT10 only in the end-to-end smoke run (its 500 goals take ~15 s)."""
 
 from __future__ import annotations

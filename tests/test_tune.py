@@ -1,4 +1,4 @@
-"""``mtlx tune`` (orchestrator/tune.py).
+"""``mtlx tune`` (orchestrator/tune/).
 
 Without Ray (fast): the space grammar, names, ranges, conditional parameters and metrics are
 checked before anything starts; the objective follows the protocol's selection; benchmarks

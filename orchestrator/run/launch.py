@@ -1,6 +1,6 @@
 """Launching an experiment's runs: skip, resume, and execute them in the chosen mode.
 
-``run_experiment(exp)`` validates every run first (:func:`orchestrator.validate.expand`, no
+``run_experiment(exp)`` validates every run first (:func:`orchestrator.run.plan.expand`, no
 Ray yet), skips runs whose row in ``<out>/runs`` says ``finished`` (or ``nonfinite``: a
 deterministic rerun would diverge again; ``rerun=True`` clears and repeats them), and runs
 the rest (each resumes from its checkpoint if it has one):
@@ -13,7 +13,7 @@ the rest (each resumes from its checkpoint if it has one):
                (docs/ray.md §6); a task costs one Ray start per command (~5-15 s) and
                one torch import per worker process.
 ``workers≥2``  each run is a Ray Train ``TorchTrainer`` fit on W workers
-               (:mod:`orchestrator.ray_train`), launched from a zero-CPU Ray task so that
+               (:mod:`orchestrator.run.ray_train`), launched from a zero-CPU Ray task so that
                several fits proceed at once when the cluster has room for them.
 
 A local Ray is started (and stopped) by the command unless one is running or

@@ -28,7 +28,7 @@ RL_METRICS = ("val_success", "val_return")
 
 @dataclass
 class Objective:
-    """The trial objective from each evaluation's report (see the module docstring).
+    """The trial objective from each evaluation's report (docs/tune.md §2).
 
     Lives in the trial process (W = 1) or in the Train controller's report callback
     (W ≥ 2); ``values`` maps epoch → metric value, so a resumed trial can be preloaded from

@@ -88,7 +88,7 @@ class Search:
     exp: ExperimentConfig  # the user's experiment (one method; what best.yaml builds on)
     settings: TuneSettings
     method: str
-    base: RunConfig  # the run every trial starts from (validated by orchestrator.validate)
+    base: RunConfig  # the run every trial starts from (validated by orchestrator.run.plan)
     params: tuple[Param, ...]
     metric: str
     mode: str

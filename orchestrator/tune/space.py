@@ -1,6 +1,6 @@
 """The search space: the ``space.NAME=SPEC`` grammar, names (method hyperparameters or
 ``train.<field>``), the built-in ranges, conditional parameters, and applying a sampled point
-to a run (see the package docstring for the grammar)."""
+to a run (the grammar: docs/tune.md §1)."""
 
 from __future__ import annotations
 
@@ -191,7 +191,7 @@ def _train_fields() -> list[str]:
 
 
 def builtin_dimension(key: str, method: str, protocol_lr: float | None) -> Dimension:
-    """The ``search`` range of ``key`` (see the module docstring)."""
+    """The ``search`` range of ``key`` (docs/tune.md §1)."""
     sp = space_types()
     import methods
 
