@@ -78,16 +78,18 @@ def test_loader_errors_name_file_and_row(tmp_path, rows, repl, match):
 def test_rows_needing_an_option_are_kept_not_expressible(tmp_path):
     t = load_table(_write(tmp_path, """\
         - {id: A, method: ew, values: [1, 2]}
-        - {id: B, method: ew, hparams: {loss_transform: log}, needs: "a loss_transform option"}
+        - {id: B, method: ew, hparams: {loss_transform: cube}, needs: "a cube loss transform"}
         - {id: C, method: fairgrad, needs: "FairGrad: not an mtlx method"}
         - {id: D, method: cagrad, hparams: {c: 0.2}, needs: "a reason that no longer holds"}
+        - {id: E, method: mgda, needs: "an mgda variant without α ≥ 0"}
         """, name="ok"))
-    assert [r.expressible for r in t.rows] == [True, True, False, False, False]
-    assert t.row("B").blocker.startswith("a loss_transform option")
+    assert [r.expressible for r in t.rows] == [True, True, False, False, False, False]
+    assert t.row("B").blocker == "a cube loss transform"
+    assert t.row("E").blocker == "an mgda variant without α ≥ 0"
     assert "methods.create now accepts" in t.row("D").blocker  # says so, still never runs it
     grid = expand(t)
     assert [c.rows for c in grid.cells] == [("A",)]
-    assert [r.id for r in grid.blocked] == ["B", "C", "D"]
+    assert [r.id for r in grid.blocked] == ["B", "C", "D", "E"]
 
 
 def test_every_shipped_table_loads():
@@ -160,15 +162,18 @@ def test_grid_of_the_multi_digits_table():
 def test_grid_includes_stl_runs_when_the_paper_trained_its_reference():
     t = get_table("db_mtl_tab5_office31")
     grid = expand(t, seeds=[3, 4])
-    assert {(c.method, c.hparams) for c in grid.cells} == {("stl", ()), ("ew", ()), ("db_mtl", ())}
-    assert {s for *_, s in grid.runs()} == {3, 4}
-    assert [r.id for r in grid.blocked] == ["log transform only", "gradient balancing only"]
-    (exp,) = experiments(grid, out="o", smoke=True, overrides=["train.lr=0.5"])
-    assert exp.methods == ["stl", "ew", "db_mtl"] and exp.seeds == [3, 4]
-    assert (exp.train.epochs, exp.train.max_steps_per_epoch, exp.train.lr) == (1, 2, 0.5)
+    assert {(c.method, c.hparams) for c in grid.cells} == {
+        ("stl", ()), ("ew", ()), ("ew", (("loss_transform", "log"),)),
+        ("db_mtl", (("log_transform", False),)), ("db_mtl", ())}
+    assert {s for *_, s in grid.runs()} == {3, 4} and not grid.blocked
+    first, second = experiments(grid, out="o", smoke=True, overrides=["train.lr=0.5"])
+    assert first.methods == ["stl", "ew", "db_mtl"] and first.seeds == [3, 4]
+    assert first.hparams == {"db_mtl": {"log_transform": False}}
+    assert second.methods == ["ew", "db_mtl"] and second.hparams == {"ew": {"loss_transform": "log"}}
+    assert (first.train.epochs, first.train.max_steps_per_epoch, first.train.lr) == (1, 2, 0.5)
     nyu = expand(get_table("nyuv2_segnet_mtan"))
     assert "stl" not in {c.method for c in nyu.cells}  # compared with the printed STL row
-    assert len(nyu.cells) == 13 and [r.id for r in nyu.blocked] == ["SI"]
+    assert len(nyu.cells) == 14 and not nyu.blocked
 
 
 def test_grid_of_a_hyperparameter_table_and_shared_configurations(tmp_path):
@@ -240,7 +245,7 @@ def test_report_against_runs_made_with_mtlx_run(tmp_path, capsys):
     from orchestrator import cli
 
     out = tmp_path / "res"
-    code = cli.main(["run", "--benchmark", "multi_digits", "--methods", "ew,imtl_g", "--seeds",
+    code = cli.main(["run", "--benchmark", "multi_digits", "--methods", "ew,imtl_g,stl", "--seeds",
                      "0,1", "--epochs", "1", "--workers", "0", "--out", str(out), "--no-report",
                      "bench_options.loss_scale=[1,10]", "train.max_steps_per_epoch=3",
                      "train.level=param", "bench_options.n_train=256",
@@ -271,6 +276,22 @@ def test_report_against_runs_made_with_mtlx_run(tmp_path, capsys):
     capsys.readouterr()
     assert rcli.report_against(str(out), "office31_resnet18") == 2  # nothing of it in there
     assert "no finished run in" in capsys.readouterr().err
+    # a reference the paper trained itself: its stl runs (one per task and seed) are found,
+    # and each seed's Δm is taken against the mean of the reproduced single-task values
+    text = table.path.read_text().replace("id: multi_digits_loss_scale", "id: own_stl")
+    text = text.replace("reference: STL,", "reference: STL, reference_runs: true,")
+    text = text.replace("{id: STL, method: stl,", "{id: STL, method: stl, bench_options: {loss_scale: [1.0, 10.0]},")
+    (tmp_path / "own_stl.yaml").write_text(text)
+    own = compare(get_table(str(tmp_path / "own_stl.yaml")), out)
+    rows = {r.row.id: r for r in own.rows}
+    assert rows["STL"].seeds == [0, 1]
+    stl_runs = runs[runs.method == "stl"]
+    ref = {t: 100 * m[(m.split == "reported") & m.run_id.isin(stl_runs.run_id) & (m.task == t)
+                      ].value.mean() for t in ("left", "right")}
+    for seed, dm in zip((0, 1), rows["EW ×10"].delta.values):
+        ids = runs[(runs.method == "ew") & (runs.seed == seed)].run_id
+        v = {t: 100 * rep[rep.run_id.isin(ids) & (rep.task == t)].value.item() for t in ref}
+        assert dm == pytest.approx(100 * sum((ref[t] - v[t]) / ref[t] for t in ref) / 2)
 
 
 def test_reproduce_smoke_of_a_nyuv2_table_on_a_fixture(tmp_path, capsys):

@@ -211,10 +211,10 @@ def match_rows(table: Table, runs: pd.DataFrame) -> tuple[dict[str, list[str]], 
     out: dict[str, list[str]] = {}
     notes = []
     for row in rows:
-        groups: dict[str, list[str]] = {}
+        groups: dict[tuple, list[str]] = {}
         for run in ok[ok.method == row.method].itertuples():
             if _matches(table, row, run, bench_keys, train_keys):
-                groups.setdefault(str(getattr(run, "config_hash", "") or ""), []).append(run.run_id)
+                groups.setdefault(_setting(run), []).append(run.run_id)
         if not groups:
             continue
         best = max(groups.values(), key=len)
@@ -223,6 +223,17 @@ def match_rows(table: Table, runs: pd.DataFrame) -> tuple[dict[str, list[str]], 
             notes.append(f"row {row.id}: {len(groups) - 1} other configuration(s) in the "
                          "results also match it; the one with the most runs is used")
     return out, notes
+
+
+#: runs-table columns that define a run's setting apart from its seed and STL task (the
+#: config hash also covers the task, which would split one stl row into one group per task)
+SETTING = ("hparams", "bench_options", "model_options", "trainer_options", "epochs", "steps",
+           "batch_size", "optimizer", "lr", "weight_decay", "lr_schedule", "selection",
+           "average_last", "max_steps_per_epoch", "max_eval_batches", "level", "head_update")
+
+
+def _setting(run: Any) -> tuple:
+    return tuple(str(getattr(run, c, None)) for c in SETTING)
 
 
 def _matches(table: Table, row: Row, run: Any, bench_keys: set, train_keys: set) -> bool:
@@ -335,8 +346,7 @@ def compare(table: Table, root: str | Path, row_runs: Mapping[str, Sequence[str]
                             c.higher_is_better, dec, paper_std))
         delta, recomputed = None, None
         if table.delta_kind is not None and row.id != table.reference:
-            vals = ([fn(v, ref_values, table.spec) for v in per.values()]
-                    if fn and ref_values else [])
+            vals = _deltas(fn, list(per.values()), ref_values, table, notes) if fn else []
             hib = bool(table.delta_higher_is_better)
             delta = Cmp(row.delta, vals, hib, table.delta_decimals,
                         spread_as_std(row.delta, table.spread, len(table.seeds)))
@@ -348,6 +358,20 @@ def compare(table: Table, root: str | Path, row_runs: Mapping[str, Sequence[str]
                                  row_verdict(delta, cmps)))
     tau, n, basis = _tau(results)
     return Comparison(table, results, tau, n, basis, notes)
+
+
+def _deltas(fn: Any, per_seed: list, ref: Any, table: Table, notes: list[str]) -> list[float]:
+    """Per-seed Δ against ``ref``; none (with a note) when the reference cannot divide — a
+    smoke run's reference may score exactly 0."""
+    if not ref:
+        return []
+    try:
+        return [fn(v, ref, table.spec) for v in per_seed]
+    except ValueError as e:
+        note = f"no reproduced Δ: {e}"
+        if note not in notes:
+            notes.append(note)
+        return []
 
 
 def _reference(table: Table, seeds: Mapping[str, Mapping[int, Any]], notes: list[str]

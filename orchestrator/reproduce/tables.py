@@ -390,8 +390,10 @@ class _Parser:
         blocker = t.needs or row.needs
         if blocker is not None:
             row.expressible, row.blocker = False, blocker
-            if known and row.method != STL and row.needs is not None:
-                try:  # an option that has since been added: say so, never run it silently
+            # a row waiting for a hyperparameter that has since been added: say so (rows
+            # waiting for a network, metric or method variant carry no such hparams)
+            if known and row.method != STL and row.hparams and t.needs is None:
+                try:  # never run it silently: the table must drop its `needs` first
                     methods.create(row.method, max(2, len(t.spec)), **row.hparams)
                     row.blocker += (" — methods.create now accepts this row's hyperparameters: "
                                     "remove its `needs` to run it")
