@@ -347,30 +347,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"{name} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if tp in (int, float):
+        return _number(name, value, tp)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -398,6 +376,22 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{name} must be a mapping of {tp.__name__} fields, got {value!r}")
         return _build(tp, value, prefix=f"{name}.")
     raise ConfigError(f"{name}: unsupported type {tp}")  # pragma: no cover
+
+
+def _number(name: str, value: Any, tp: type) -> Any:
+    """``value`` as an ``int`` or ``float`` (numbers, numeric text; never a boolean, and an
+    ``int`` only from integral values)."""
+    if not isinstance(value, bool):
+        if tp is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int) or (tp is float and isinstance(value, float)):
+            return tp(value)
+        if isinstance(value, str):
+            try:
+                return tp(value)
+            except ValueError:
+                pass
+    raise ConfigError(f"{name} must be {'an integer' if tp is int else 'a number'}, got {value!r}")
 
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
