@@ -151,29 +151,18 @@ def row_verdict(delta: Cmp | None, metrics: Sequence[Cmp]) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def _files(root: Path, name: str) -> list[str]:
-    d = root / name
-    return sorted(str(p) for p in d.rglob("*.parquet") if not p.name.startswith(".")) if d.is_dir() else []
-
-
 def read_results(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs, reported metric rows) of a results directory; plain Parquet reads, so any
-    layout version of the runs table works."""
-    root = Path(root)
-    if not (root / "runs").is_dir():
+    """(runs, reported metric rows) of a results directory, read through the results
+    store's reader (the one place that knows the layout)."""
+    from orchestrator.reproduce.grid import import_first
+
+    store = import_first("orchestrator.results.store", "orchestrator.results")
+    if not (Path(root) / "runs").is_dir():
         raise ValueError(f"{str(root)!r} is not an mtlx results directory (no runs/ inside); "
                          "fix: pass the --out directory of `mtlx run` or `mtlx reproduce`")
-    files = _files(root, "runs")
-    runs = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame(
-        columns=["run_id", "benchmark", "method", "seed", "stl_task", "status"])
-    mfiles = _files(root, "metrics")
-    if not mfiles:
-        return runs, pd.DataFrame(columns=["run_id", "task", "metric", "value"])
-    import pyarrow.dataset as ds
-
-    data = ds.dataset(mfiles, format="parquet")
-    rep = data.to_table(filter=ds.field("split") == "reported",
-                        columns=["run_id", "task", "metric", "value"]).to_pandas()
+    runs = store.read_table(root, "runs")
+    metrics = store.read_table(root, "metrics")
+    rep = metrics[metrics.split == "reported"][["run_id", "task", "metric", "value"]]
     return runs, rep
 
 

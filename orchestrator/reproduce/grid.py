@@ -33,7 +33,7 @@ class GridError(ValueError):
     """The table cannot be turned into runs (the message says why and what would fix it)."""
 
 
-def _module(*names: str) -> Any:
+def import_first(*names: str) -> Any:
     """The first importable module of ``names`` (the orchestrator's layout is moving)."""
     for name in names:
         try:
@@ -44,11 +44,11 @@ def _module(*names: str) -> Any:
 
 
 def launcher() -> Any:
-    return _module("orchestrator.run.launch", "orchestrator.launch")
+    return import_first("orchestrator.run.launch", "orchestrator.launch")
 
 
 def planner() -> Any:
-    return _module("orchestrator.run.plan", "orchestrator.validate")
+    return import_first("orchestrator.run.plan", "orchestrator.validate")
 
 
 @dataclass(frozen=True)
