@@ -48,6 +48,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from methods.base import HEAD_UPDATES, Method, StepContext, check_positive_losses
+from methods.precision import LossScaler
 
 Level = Literal["auto", "param", "rep"]
 JacobianMode = Literal["auto", "loop", "batched"]
@@ -63,6 +64,7 @@ class StepResult:
     grad_norms: Tensor | None = None
     cosines: Tensor | None = None
     info: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False  # an fp16 overflow: no gradient was written
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,6 +222,7 @@ def backward(
     jacobian_mode: JacobianMode = "auto",
     context: StepContext | None = None,
     diagnostics: bool = False,
+    scaler: LossScaler | None = None,
 ) -> StepResult:
     """Compute and write the gradients of one multi-task step for ``method``.
 
@@ -231,6 +234,10 @@ def backward(
     ``level='auto'`` uses the method's ``default_level``.
     ``diagnostics``: also return per-task gradient norms and pairwise cosines (a T×T×P
     Gramian on the param path; T extra backward passes on the loss path; free at rep level).
+    ``scaler``: fp16 loss scaling (:class:`methods.precision.LossScaler`): every backward
+    pass is scaled, the method sees unscaled gradients, an overflow skips the step (every
+    gradient left ``None``, so ``optimizer.step()`` changes nothing; ``StepResult.skipped``)
+    and the scaler is updated here, once per call.
     """
     T = method.num_tasks
     if losses.dim() != 1 or losses.shape[0] != T:
@@ -244,7 +251,6 @@ def backward(
     # The method's own parameters (UW's and IMTL-L's s) always get their own loss's gradient:
     # weighting them by (possibly negative) task weights would change what they learn.
     own_params = [p for p in method.parameters() if p.requires_grad and id(p) not in seen]
-    others = _Others(heads + own_params, _numel(heads))
     rule = validate_head_update(method, head_update)
     if level == "auto":
         level = method.default_level if method.requires_grads else "param"  # type: ignore[assignment]
@@ -260,14 +266,14 @@ def backward(
         bad = [t for t in range(T) if not math.isfinite(float(transformed.detach()[t]))]
         raise FloatingPointError(f"non-finite (transformed) loss for task(s) {bad}")
 
+    step = _Step(method, losses.detach(), transformed, shared, _Others(heads + own_params,
+                 _numel(heads)), rule, context, W, jacobian_mode, scaler)
     if not method.needs_grads():
-        return _loss_path(method, losses, transformed, shared, others, rule, context, diagnostics, W)
+        return step.loss_path(diagnostics)
     if lvl == "rep":
         assert rep is not None
-        return _rep_path(method, losses, transformed, shared, others, rep, rule, context,
-                         jacobian_mode, W)
-    return _param_path(method, losses, transformed, shared, others, rule, context,
-                       jacobian_mode, W, diagnostics)
+        return step.rep_path(rep)
+    return step.param_path(diagnostics)
 
 
 def after_step(method: Method, losses: Tensor) -> None:
@@ -281,83 +287,148 @@ def after_step(method: Method, losses: Tensor) -> None:
     method.after_step(losses)
 
 
-def _loss_path(method, losses, transformed, shared, others, rule, context, diagnostics, W):
-    agg = method.aggregate(None, transformed.detach(), context)
-    w = agg.weights.detach().to(transformed.dtype)
-    info = dict(agg.info)
-    norms = cos = None
-    if diagnostics:
-        # Gradient paths get these for free; here they cost T extra backward passes.
-        J = jacobian(transformed, shared, retain_graph=True)
-        if W > 1:
-            _all_reduce_mean_(J)
-        norms, cos = _diagnostics(J @ J.T)
-    params = shared + others.params
-    n_w = _numel(shared) + (others.n_heads if rule == "weighted" else 0)
-    if bool((w == 1).all()):
-        n_w = _numel(params)  # own and weighted coincide: one backward pass
-    split = _split_index(params, n_w)
-    gs = list(torch.autograd.grad((w * transformed).sum(), params[:split],
-                                  retain_graph=split < len(params), allow_unused=True))
-    if split < len(params):
-        gs += torch.autograd.grad(transformed.sum(), params[split:], allow_unused=True)
-    _set_grads(params, gs, W)
-    _clip_(shared, method.max_grad_norm(), info)
-    return StepResult("loss", losses.detach(), w.detach(), norms, cos, info)
+@dataclass
+class _Step:
+    """One engine call: what every path needs, and the loss-scaling bookkeeping."""
 
+    method: Method
+    losses: Tensor  # detached raw losses, for the result
+    transformed: Tensor
+    shared: list[Tensor]
+    others: _Others
+    rule: str
+    context: StepContext | None
+    W: int
+    mode: JacobianMode
+    scaler: LossScaler | None
 
-def _param_path(method, losses, transformed, shared, others, rule, context, mode, W, diagnostics):
-    n_sh = _numel(shared)
-    J = jacobian(transformed, shared + others.params, mode=mode)
-    if W > 1:
-        _all_reduce_mean_(J)  # one flat collective: every rank now holds the global Jacobian
-    G = J[:, :n_sh]
-    ctx = _with_slices(context, shared)
-    agg = method.aggregate(G, transformed.detach(), ctx)
-    w = agg.weights.detach().to(J.dtype)
-    direction = agg.direction if agg.direction is not None else w @ G
-    _write_grads(shared, direction.detach())
-    if others.params:
-        _write_grads(others.params, others.combine(J[:, n_sh:], w, rule))
-    info = dict(agg.info)
-    _clip_(shared, method.max_grad_norm(), info)
-    # The Gramian costs a T×T×P product: only on the steps the caller logs.
-    norms, cos = _diagnostics(G @ G.T) if diagnostics else (None, None)
-    return StepResult("param", losses.detach(), w.detach(), norms, cos, info)
+    @property
+    def scale(self) -> float:
+        return self.scaler.scale if self.scaler is not None else 1.0
 
+    def scaled(self, t: Tensor) -> Tensor:
+        """What is back-propagated: ``t`` times the loss scale (unchanged without one)."""
+        return t if self.scaler is None else t * self.scale
 
-def _rep_path(method, losses, transformed, shared, others, rep, rule, context, mode, W):
-    if W > 1 and not method.gramian_only:
-        raise ValueError(
-            f"{method.name} at rep level is not exact under torch.distributed (its weights need "
-            "more than the Gramian); use level='param'"
-        )
-    n_rep = rep.numel()
-    R_all = jacobian(transformed, [rep] + others.params, mode=mode, retain_graph=True)
-    R = R_all[:, :n_rep]
-    if method.gramian_only:
-        K = R @ R.T
-        if W > 1:
-            dist.all_reduce(K, op=dist.ReduceOp.SUM)
-            K = K / (W * W)  # global loss is the mean over ranks: ∇_z scales by 1/W
-        w, info = method.weights_from_gramian(K, transformed.detach())
-        w = w.detach().to(R.dtype)
-        d_rep = w @ R
-    else:
-        agg = method.aggregate(R, transformed.detach(), context)
-        w = agg.weights.detach().to(R.dtype)
-        d_rep = agg.direction if agg.direction is not None else w @ R
+    def overflow(self, *tensors: Tensor) -> bool:
+        """Whether any (unscaled) gradient is inf/NaN, agreed by every rank; updates the
+        scaler (only called when there is one)."""
+        assert self.scaler is not None
+        bad = torch.zeros((), device=tensors[0].device)
+        for t in tensors:
+            bad = torch.maximum(bad, (~torch.isfinite(t)).any().to(bad.dtype))
+        if self.W > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        found = bool(bad)
+        self.scaler.update(found)
+        return found
+
+    def skip(self, path: str) -> StepResult:
+        """An overflowed fp16 step: no gradient anywhere, so the optimiser leaves it out."""
+        for p in self.shared + self.others.params:
+            p.grad = None
+        T = self.method.num_tasks
+        info = {"skipped": 1.0, "loss_scale": self.scaler.scale if self.scaler else 1.0}
+        return StepResult(path, self.losses, torch.zeros(T, device=self.losses.device),
+                          info=info, skipped=True)
+
+    def finish(self, path, w, info, norms=None, cos=None) -> StepResult:
+        _clip_(self.shared, self.method.max_grad_norm(), info)
+        if self.scaler is not None:
+            info["loss_scale"] = self.scaler.scale
+        return StepResult(path, self.losses, w.detach(), norms, cos, info)
+
+    def loss_path(self, diagnostics: bool) -> StepResult:
+        m, tl, shared, others = self.method, self.transformed, self.shared, self.others
+        agg = m.aggregate(None, tl.detach(), self.context)
+        w = agg.weights.detach().to(tl.dtype)
         info = dict(agg.info)
-        K = R @ R.T
-    gs = list(torch.autograd.grad(rep, shared, grad_outputs=d_rep.view_as(rep), allow_unused=True))
-    if others.params:
-        head = others.combine(R_all[:, n_rep:], w, rule)
-        sizes = [p.numel() for p in others.params]
-        gs += [g.view_as(p).to(p.dtype) for p, g in zip(others.params, torch.split(head, sizes))]
-    _set_grads(shared + others.params, gs, W)
-    _clip_(shared, method.max_grad_norm(), info)
-    norms, cos = _diagnostics(K)
-    return StepResult("rep", losses.detach(), w.detach(), norms, cos, info)
+        norms = cos = None
+        if diagnostics:
+            # Gradient paths get these for free; here they cost T extra backward passes.
+            J = jacobian(tl, shared, retain_graph=True)
+            if self.W > 1:
+                _all_reduce_mean_(J)
+            norms, cos = _diagnostics(J @ J.T)
+        params = shared + others.params
+        n_w = _numel(shared) + (others.n_heads if self.rule == "weighted" else 0)
+        if bool((w == 1).all()):
+            n_w = _numel(params)  # own and weighted coincide: one backward pass
+        split = _split_index(params, n_w)
+        gs = list(torch.autograd.grad(self.scaled((w * tl).sum()), params[:split],
+                                      retain_graph=split < len(params), allow_unused=True))
+        if split < len(params):
+            gs += torch.autograd.grad(self.scaled(tl.sum()), params[split:], allow_unused=True)
+        _set_grads(params, gs, self.W)
+        if self.scaler is not None:
+            grads = [p.grad.div_(self.scale) for p in params if p.grad is not None]
+            if self.overflow(*grads):
+                return self.skip("loss")
+        return self.finish("loss", w, info, norms, cos)
+
+    def param_path(self, diagnostics: bool) -> StepResult:
+        shared, others = self.shared, self.others
+        n_sh = _numel(shared)
+        J = jacobian(self.scaled(self.transformed), shared + others.params, mode=self.mode)
+        if self.W > 1:
+            _all_reduce_mean_(J)  # one flat collective: every rank now holds the global Jacobian
+        if self.scaler is not None and self.overflow(J.div_(self.scale)):
+            return self.skip("param")  # before the method: its state does not advance
+        G = J[:, :n_sh]
+        agg = self.method.aggregate(G, self.transformed.detach(), _with_slices(self.context, shared))
+        w = agg.weights.detach().to(J.dtype)
+        direction = agg.direction if agg.direction is not None else w @ G
+        _write_grads(shared, direction.detach())
+        if others.params:
+            _write_grads(others.params, others.combine(J[:, n_sh:], w, self.rule))
+        # The Gramian costs a T×T×P product: only on the steps the caller logs.
+        norms, cos = _diagnostics(G @ G.T) if diagnostics else (None, None)
+        return self.finish("param", w, dict(agg.info), norms, cos)
+
+    def rep_path(self, rep: Tensor) -> StepResult:
+        m, others, W = self.method, self.others, self.W
+        if W > 1 and not m.gramian_only:
+            raise ValueError(
+                f"{m.name} at rep level is not exact under torch.distributed (its weights need "
+                "more than the Gramian); use level='param'"
+            )
+        n_rep = rep.numel()
+        R_all = jacobian(self.scaled(self.transformed), [rep] + others.params, mode=self.mode,
+                         retain_graph=True)
+        if self.scaler is not None and self.overflow(R_all.div_(self.scale)):
+            return self.skip("rep")  # before the method: its state does not advance
+        R = R_all[:, :n_rep]
+        if m.gramian_only:
+            K = R @ R.T
+            if W > 1:
+                dist.all_reduce(K, op=dist.ReduceOp.SUM)
+                K = K / (W * W)  # global loss is the mean over ranks: ∇_z scales by 1/W
+            w, info = m.weights_from_gramian(K, self.transformed.detach())
+            w = w.detach().to(R.dtype)
+            d_rep = w @ R
+        else:
+            agg = m.aggregate(R, self.transformed.detach(), self.context)
+            w = agg.weights.detach().to(R.dtype)
+            d_rep = agg.direction if agg.direction is not None else w @ R
+            info = dict(agg.info)
+            K = R @ R.T
+        gs = list(torch.autograd.grad(rep, self.shared, grad_outputs=self.scaled(d_rep).view_as(rep),
+                                      allow_unused=True))
+        if self.scaler is not None:  # the encoder pass was scaled again: unscale, check
+            gs = [g if g is None else g / self.scale for g in gs]
+        if others.params:
+            head = others.combine(R_all[:, n_rep:], w, self.rule)
+            sizes = [p.numel() for p in others.params]
+            gs += [g.view_as(p).to(p.dtype) for p, g in zip(others.params, torch.split(head, sizes))]
+        _set_grads(self.shared + others.params, gs, W)
+        if self.scaler is not None:
+            # the scaler was updated for the head passes; an encoder overflow still skips
+            bad = [p.grad for p in self.shared if p.grad is not None]
+            if bad and not all(bool(torch.isfinite(g).all()) for g in bad):
+                self.scaler.update(True)
+                return self.skip("rep")
+        norms, cos = _diagnostics(K)
+        return self.finish("rep", w, info, norms, cos)
 
 
 @dataclass
