@@ -4,7 +4,7 @@ Not a benchmark itself (the leading underscore keeps ``envs/__init__`` from impo
 one); :mod:`envs.nyuv2` and :mod:`envs.cityscapes` subclass :class:`DenseBenchmark` and give
 the dataset-specific parts (folders, classes, resolution, protocols, STL references).
 
-On-disk layout (lorenmt/mtan's preprocessed release; benchmarks.md §2–§3)::
+On-disk layout (lorenmt/mtan's preprocessed release; docs/benchmarks.md §NYUv2, §Cityscapes)::
 
     <root>/<split>/<folder>/<i>.npy      i = 0 … N−1, contiguous, the same set in every folder
 
@@ -33,7 +33,8 @@ normals' x component. The reference draws from Python's and torch's global RNGs;
 sample's draw comes from a generator seeded by (seed, pass, sample index), so augmentation
 is reproducible, resumable and independent of ``num_workers`` and sharding.
 
-Losses (identical in mtan, CAGrad, nash-mtl, FAMO and LibMTL; benchmarks.md §2):
+Losses (identical in mtan, CAGrad, nash-mtl, FAMO and LibMTL;
+docs/benchmarks.md §Dense-prediction metrics):
 
 * segmentation: cross-entropy on logits with ``ignore_index=-1`` (= the reference's NLL on
   log-softmax);

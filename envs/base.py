@@ -1,4 +1,4 @@
-"""The benchmark contract (DESIGN.md, envs/).
+"""The benchmark contract (the ``envs`` layer).
 
 A :class:`Benchmark` bundles everything a trainer needs and nothing it must know by name:
 task names, per-task losses and metrics (each with a direction), a model factory, data

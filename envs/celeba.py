@@ -5,7 +5,7 @@ https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html. As an MTL benchmark: Liu et a
 Fast Adaptive Multitask Optimization", NeurIPS 2023, https://arxiv.org/abs/2306.03792.
 
 Reference code followed: FAMO ``experiments/celeba/{data,models,trainer}.py`` (commit
-0a6ad06; research/benchmarks.md §4).
+0a6ad06; docs/benchmarks.md §CelebA).
 
 Data (read from ``root``, never downloaded). The aligned release in any of these layouts:
 
@@ -37,12 +37,12 @@ outputs).
 
 Metrics: per attribute ``f1`` (↑; threshold 0.5 on the sigmoid, TP/FP/FN pooled over the
 split, FAMO ``CelebaMetrics``) — the metric of the published tables (Δm over the 40 F1
-values, benchmarks.md §1.1/§4) and the only one declared in ``metrics`` — plus ``acc``
+values, docs/delta_m.md §1) and the only one declared in ``metrics`` — plus ``acc``
 (↑, fraction of correct labels) reported by the evaluator as a diagnostic.
 
 Protocol (FAMO ``trainer.py`` defaults): Adam lr 3e-4, batch 256, 15 epochs, no schedule,
 3 seeds; reported test F1 at the epoch with the best mean validation F1. The single-task
-F1 references needed for Δm were not found in any reference (benchmarks.md §10.1), so
+F1 references needed for Δm were not found (docs/benchmarks.md §Single-task references), so
 ``stl_reference`` is None.
 """
 
@@ -294,7 +294,8 @@ class CelebA(Benchmark):
     )
     stl_reference = None
     stl_reference_source = (
-        "NOT FOUND: no published single-task CelebA F1 values (benchmarks.md §1.3, §10.1); "
+        "NOT FOUND: no published single-task CelebA F1 values "
+        "(docs/benchmarks.md §Single-task references); "
         "FAMO's experiments/celeba/trainer_one_task.py produces them"
     )
 

@@ -2,7 +2,7 @@
 
 Data: Cityscapes (Cordts et al., CVPR 2016, https://www.cityscapes-dataset.com/) in
 lorenmt/mtan's preprocessed ``.npy`` release (README "128x256, 651MB" Dropbox link;
-research/benchmarks.md §3)::
+docs/benchmarks.md §Cityscapes)::
 
     <root>/train/{image,label_7,label_19,depth}/<i>.npy   2975 samples (label_2 also exists)
     <root>/val/{image,label_7,label_19,depth}/<i>.npy     500 samples — the TEST split
@@ -33,7 +33,7 @@ FAMO's trainer default; LibMTL's Cityscapes example has none): random scale-crop
 with depth ÷ s, exactly as the references do. For *inverse* depth zooming in by s should
 multiply by s, not divide; we keep the references' division so that numbers reproduce.
 
-Protocols (benchmarks.md §3):
+Protocols (docs/protocols.md §3, §4; docs/benchmarks.md §Cityscapes):
 
 * segnet_mtan — Adam lr 1e-4, StepLR(100, 0.5), 200 epochs, batch 8 (train and test), 3
   seeds, mean test metrics of the last 10 epochs;
@@ -65,7 +65,7 @@ _SEGNET = ModelProtocol(
         gamma=0.5, batch_size=8, epochs=200, average_last=10, selection="last",
         source="CAGrad cityscapes/ and FAMO experiments/cityscapes/trainer.py (SegNet-MTAN): "
         "Adam 1e-4, StepLR(100, 0.5), 200 epochs, batch 8; mean test metrics of the last 10 "
-        "epochs, 3 seeds (benchmarks.md §3)",
+        "epochs, 3 seeds (docs/protocols.md §3)",
     ),
     augment=True,
     metrics_mode="per_batch",
@@ -93,7 +93,7 @@ _RESNET = ModelProtocol(
         "depth": {"abs_err": 0.01282, "rel_err": 43.53},
     },
     stl_source="DeepLabV3+ STL: Rep-MTL Tab. 2 (DB-MTL protocol, ImageNet-pretrained "
-    "ResNet-50, pooled metrics; benchmarks.md §1.3)",
+    "ResNet-50, pooled metrics; docs/benchmarks.md §Single-task references)",
     needs_pretrained=True,
 )
 

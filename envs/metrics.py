@@ -1,7 +1,7 @@
 """Shared metric code: Δm / Δp summaries and sum-based metric accumulators.
 
-Summaries (research/benchmarks.md §1)
--------------------------------------
+Summaries (docs/delta_m.md §1, §2)
+-----------------------------------
 :func:`delta_m` — the Nash-MTL / CAGrad / FAMO / IMGrad convention (lower is better)::
 
     Δm% = 100 · (1/S) Σ_{all S metrics} (−1)^δ (M − M_stl) / M_stl,   δ = 1 if higher is better
@@ -30,8 +30,9 @@ Pitfalls handled or documented here:
 * published Δm columns are computed from unrounded metrics: recomputing from a table's
   rounded values agrees only within the propagated rounding (:func:`rounding_bound`; ≈0.02
   on NYUv2, ≈0.11 on Cityscapes, where AbsErr 0.0129 carries ±0.4 %). Every NYUv2 and
-  Cityscapes row of benchmarks.md §2–§3 is within it except Nash-MTL Tab. 2's IMTL-G on NYUv2
-  (printed −0.76, its values give −0.60; IMGrad reprints −0.59).
+  Cityscapes row of the shipped tables (docs/reproduce.md §Table format) is within it except
+  Nash-MTL Tab. 2's IMTL-G on NYUv2 (printed −0.76, its values give −0.60; IMGrad reprints
+  −0.59).
 
 Accumulators
 ------------
@@ -55,7 +56,8 @@ STL references were measured with; it depends on the batch size and makes the "m
 of per-batch medians. LibMTL (``examples/nyu/utils.py``) pools: its ``NormalMetric``
 concatenates all errors, and its ``DepthMetric`` weights each batch mean by
 ``pred.size(0)`` *after* ``masked_select`` — the number of valid pixels — which is exactly the
-pooled value (benchmarks.md §2 reads this as "batch size"; it is the valid-pixel count).
+pooled value (the valid-pixel count, not the batch size:
+docs/benchmarks.md §Dense-prediction metrics).
 """
 
 from __future__ import annotations

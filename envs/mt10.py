@@ -4,7 +4,7 @@ Yu et al., "Meta-World: A Benchmark and Evaluation for Multi-Task and Meta Reinf
 Learning", CoRL 2019, https://arxiv.org/abs/1910.10897; Meta-World 3.x (Farama, PyPI
 ``metaworld`` 3.1.1, ``mujoco`` 3.3.0). As an MTL-optimisation benchmark: CAGrad (Liu et al.
 2021), Nash-MTL (Navon et al. 2022), FAMO (Liu et al. 2023) and IMGrad, all through
-facebookresearch/mtrl (research/benchmarks.md §7).
+facebookresearch/mtrl (docs/metaworld.md §1).
 
 ``mt10``: the ten MT10 tasks in Meta-World's order (reach, push, pick-place, door-open,
 drawer-open, drawer-close, button-press-topdown, peg-insert-side, window-open, window-close;
@@ -14,7 +14,7 @@ orchestrator hands these benchmarks to the SAC trainer (``orchestrator/trainers/
 
 Protocol (:class:`MT10Protocol`, every field recorded in the run's provenance by
 :meth:`MetaWorldBenchmark.protocol_record`). Defaults approximate what CAGrad/FAMO ran
-through mtrl (benchmarks.md §7.2, §8.3), on the v3 environments that Meta-World 3.x ships:
+through mtrl (docs/metaworld.md §2), on the v3 environments that Meta-World 3.x ships:
 
 =======================  ============  ==========================================================
 field                    default       meaning / source
@@ -54,7 +54,7 @@ automatically (gymnasium ``AutoresetMode.DISABLED``): the trainer sees the true 
 observation of each episode and resets explicitly, so the replay buffer stores it (mtrl
 stored the observation after the reset instead).
 
-Deliberate differences from mtrl (see benchmarks.md §8.3): v3 environments, 39-dim
+Deliberate differences from mtrl (see docs/metaworld.md §2): v3 environments, 39-dim
 observations, MuJoCo 3 dynamics. Absolute success rates are therefore not comparable with the
 published 0.49/0.83/0.91; the relative ordering under one pinned protocol is. Meta-World 3's
 own ``reward_normalization_method='exponential'`` updates its EMA twice per step; the
@@ -271,7 +271,7 @@ MT10_TASKS: tuple[str, ...] = (
 
 _METRICS = (Metric("success", True), Metric("return", True))
 
-#: Method hyperparameters of the reference MT10 runs (research/benchmarks.md §7.4), used
+#: Method hyperparameters of the reference MT10 runs (docs/metaworld.md §4), used
 #: instead of each method's own defaults on these benchmarks; a user's explicit
 #: hyperparameters override them. Which SAC losses each method touches is trainer data
 #: (``orchestrator.trainers.rl.APPLY_TO``).
@@ -311,7 +311,7 @@ class MetaWorldBenchmark(Benchmark):
         optimizer="adam", lr=3e-4, batch_size=1280, epochs=1, eval_every=30_000,
         selection="last",
         source="mtrl config/agent/state_sac.yaml, replay_buffer/mtrl.yaml, "
-        "experiment/metaworld.yaml; CAGrad/FAMO mtrl_files/run.sh (benchmarks.md §7.3)",
+        "experiment/metaworld.yaml; CAGrad/FAMO mtrl_files/run.sh (docs/metaworld.md §3)",
     )
 
     def __init__(self, root: str | None = None, **options: Any) -> None:

@@ -2,7 +2,7 @@
 
 Data: NYU Depth V2 (Silberman et al., ECCV 2012, https://cs.nyu.edu/~fergus/datasets/nyu_depth_v2.html)
 in lorenmt/mtan's preprocessed ``.npy`` release (Liu et al., CVPR 2019,
-https://arxiv.org/abs/1803.10704; README Dropbox link), research/benchmarks.md §2::
+https://arxiv.org/abs/1803.10704; README Dropbox link), docs/benchmarks.md §NYUv2::
 
     <root>/train/{image,label,depth,normal}/<i>.npy    795 samples, i = 0 … 794
     <root>/val/{image,label,depth,normal}/<i>.npy      654 samples — the TEST split
@@ -45,7 +45,7 @@ Options (``envs.create("nyuv2", root=..., **options)``):
 ``width``            channel multiplier of either model (1 = published; tests use 1/16).
 ``val_size``         number of train images held out as a validation split (default 0).
 
-Protocols (``bench.protocol``; benchmarks.md §1.1, §2):
+Protocols (``bench.protocol``; docs/protocols.md §3, §4):
 
 * segnet_mtan — Adam lr 1e-4, no weight decay, StepLR(100, 0.5), 200 epochs, batch 2 (train
   and test), 3 seeds; the reported number is the mean of the test metrics over the **last 10
@@ -96,7 +96,7 @@ _SEGNET = ModelProtocol(
         gamma=0.5, batch_size=2, epochs=200, average_last=10, selection="last",
         source="CAGrad nyuv2/ and nash-mtl experiments/nyuv2/trainer.py (SegNet-MTAN): Adam "
         "1e-4, StepLR(100, 0.5), 200 epochs, batch 2; mean test metrics of the last 10 "
-        "epochs, 3 seeds (benchmarks.md §1.1, §2)",
+        "epochs, 3 seeds (docs/protocols.md §3)",
     ),
     augment=True,
     metrics_mode="per_batch",
@@ -128,7 +128,7 @@ _RESNET = ModelProtocol(
                    "within_22.5": 0.6500, "within_30": 0.7516},
     },
     stl_source="DeepLabV3+ STL: Rep-MTL Tab. 1 quoting DB-MTL (ImageNet-pretrained "
-    "ResNet-50, pooled metrics; benchmarks.md §1.3)",
+    "ResNet-50, pooled metrics; docs/benchmarks.md §Single-task references)",
     needs_pretrained=True,
 )
 

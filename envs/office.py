@@ -7,7 +7,7 @@ Art, Clipart, Product, Real_World; 65 classes). As MTL benchmarks: LibMTL (Lin &
 https://github.com/median-research-group/LibMTL) and the DB-MTL / Rep-MTL tables.
 
 Reference code followed: LibMTL ``examples/office/{main,create_dataset}.py`` and
-``LibMTL/trainer.py`` (research/benchmarks.md §5).
+``LibMTL/trainer.py`` (docs/benchmarks.md §Office-31 and Office-Home).
 
 Multi-input: each task is a domain with its own images, so a training batch is
 ``{domain: (images, labels)}`` and each domain's images go through the shared encoder in
@@ -621,7 +621,8 @@ class Office31(_Office):
     stl_reference = {"amazon": {"acc": 0.8661}, "dslr": {"acc": 0.9563}, "webcam": {"acc": 0.9685}}
     stl_reference_source = (
         "DB-MTL's ResNet-18 STL accuracies (%/100) as printed in Rep-MTL Tab. 5 "
-        "(benchmarks.md §1.3); LibMTL protocol with ImageNet-pretrained ResNet-18"
+        "(docs/benchmarks.md §Single-task references); LibMTL protocol with "
+        "ImageNet-pretrained ResNet-18"
     )
 
 
@@ -641,5 +642,6 @@ class OfficeHome(_Office):
     }
     stl_reference_source = (
         "DB-MTL's ResNet-18 STL accuracies (%/100) as printed in Rep-MTL Tab. 3 "
-        "(benchmarks.md §1.3); LibMTL protocol with ImageNet-pretrained ResNet-18"
+        "(docs/benchmarks.md §Single-task references); LibMTL protocol with "
+        "ImageNet-pretrained ResNet-18"
     )

@@ -7,7 +7,7 @@ MTL benchmark: Navon et al., "Multi-Task Learning as a Bargaining Game" (Nash-MT
 2022, https://arxiv.org/abs/2202.01017.
 
 Reference code followed: nash-mtl ``experiments/quantum_chemistry/{trainer,models,utils}.py``
-(FAMO's copy is the same) — research/benchmarks.md §6.
+(FAMO's copy is the same) — docs/benchmarks.md §QM9.
 
 Data: PyTorch Geometric's processed QM9, ``<root>/processed/data_v3.pt`` as
 ``torch_geometric.datasets.QM9(root)`` writes it (130,831 molecules; node features x: 11,
@@ -28,7 +28,7 @@ pairs keep their 4-d bond one-hot and other pairs get zeros — then
 Targets are z-scored per task: y ← (y − mean)/std with ``std`` unbiased. ``target_stats``
 chooses the statistics: ``"train"`` (default; the training split only, no test leakage) or
 ``"all"`` — what nash-mtl effectively does (its ``train_dataset.data.y`` is the storage of
-the whole dataset, benchmarks.md §6) and LibMTL does explicitly. The difference in the
+the whole dataset, docs/benchmarks.md §QM9) and LibMTL does explicitly. The difference in the
 statistics is tiny at 110k vs 131k molecules.
 
 Splits (nash-mtl): a permutation of all molecules, then test = first ``test_size`` (10,000),
@@ -262,7 +262,8 @@ class QM9(Benchmark):
     )
     stl_reference = {t: {"mae": v} for t, v in zip(TASKS, STL_MAE)}
     stl_reference_source = (
-        "nash-mtl experiments/quantum_chemistry/utils.py BASE (benchmarks.md §1.3)"
+        "nash-mtl experiments/quantum_chemistry/utils.py BASE "
+        "(docs/benchmarks.md §Single-task references)"
     )
 
     def __init__(self, root: str | os.PathLike | None = None, split_seed: int = 42,

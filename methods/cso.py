@@ -43,7 +43,7 @@ top task's gradient on its own channels is never changed; no epsilon is added to
 their own gradient (``"own"``).
 
 Reference: the first author's method-only release wooseong97/MT-ST-core (``conn_str.py``,
-``example.py``; CC BY-NC, reimplemented from research/methods.md §5, not copied). Follows it in
+``example.py``; CC BY-NC, reimplemented from docs/methods.md §CSO, not copied). Follows it in
 the fixed Phase-1 order, the sum (not mean) in Phase 2, the BN epsilon 1e-5 and the schedule.
 Deliberate differences: the phase draw uses the method's seeded generator (reproducible,
 checkpointed); a task whose strengths are all zero gets p_t = 0 instead of 0/0. No continuous

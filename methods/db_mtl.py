@@ -3,7 +3,7 @@
 Lin, Jiang, Ye, Zhang, Chen, Chen, Liu, Tsang, Kwok, arXiv 2308.12029 (journal version in
 Neural Networks; an earlier version was "Scale-Invariant MTL", SI-MTL).
 Reference code: LibMTL ``LibMTL/weighting/DB_MTL.py`` by the first author (followed here;
-the paper's method section was not available, research/methods.md §3).
+the paper's method section was not available, docs/methods.md §DB-MTL).
 
 Two balancing steps, at step k = 1, 2, ...:
 

@@ -20,7 +20,7 @@ K = G Gᵀ, so with one group (``group_type=0``, whole model) GradVac is a
 :class:`~methods.base.GramianMethod` with effective weights = column sums of C: it runs on
 representation gradients and under torch.distributed with only K reduced.
 
-Reference code: LibMTL ``GradVac.py`` (research/methods.md §6.4); TorchJD ``GradVac`` agrees
+Reference code: LibMTL ``GradVac.py`` (docs/methods.md §GradVac); TorchJD ``GradVac`` agrees
 except where noted. Defaults: β = 0.5 and group type 0 (LibMTL ``GradVac_beta``,
 ``GradVac_group_type``; TorchJD β = 0.5). Deliberate choices:
 

@@ -3,7 +3,7 @@
 Zhou, Liu, Zhao, Gong, IJCAI 2025, https://arxiv.org/abs/2503.08006
 Reference code: zzpustc/IMGrad, ``nyuv2/utils.py::imgrad`` (a fork of the official CAGrad
 code); the paper's method section was not available, so that code is the specification
-(research/methods.md §1).
+(docs/methods.md §IMGrad).
 
 IMGrad is CAGrad (methods/cagrad.py) whose dual objective is reweighted by how far the mean
 gradient g0 is from the balanced MGDA direction g_m = Gᵀw_m (w_m = argmin_{w∈Δ} wᵀKw, the
@@ -33,7 +33,7 @@ general). Not implemented, deliberately:
   three terms of the expanded g_wᵀg0, so its objective differs from the NYUv2 one; that file
   also uses the undefined names ``moo_alpha`` and ``delta_m`` and raises ``NameError``.
 - The Nash-MTL variant described in the paper's appendix: its formula is not published and
-  no code exists (methods.md §1(d)).
+  no code exists (docs/methods.md §IMGrad).
 
 Deliberate differences: the dual is solved exactly as in methods/cagrad.py (float64,
 certified gap); κ uses the current ``F.cosine_similarity`` formula

@@ -16,7 +16,7 @@ descent direction unless the tasks are Pareto-stationary (d = 0).
 
 ``normalization`` (n_t): ``none`` 1, ``l2`` ‖g_t‖, ``loss`` L_t, ``loss+`` L_t‖g_t‖.
 Default ``none``, as LibMTL (``mgda_gn``) and nash-mtl; the official repo's default is
-reportedly ``loss+`` (unverified, methods.md §6.5). As in LibMTL, the *normalised*
+reportedly ``loss+`` (unverified, docs/methods.md §MGDA). As in LibMTL, the *normalised*
 gradients are what gets applied, so the returned (effective) weights are w_t / n_t.
 (nash-mtl instead back-propagates Σ w_t L_t, i.e. applies w to the raw gradients; with the
 default ``none`` the two agree. LibMTL's rep-grad path also applies w to the raw gradients;
@@ -30,14 +30,14 @@ nash-mtl and the official code back-propagate Σ w_t L_t, i.e. α-weighted heads
 ``head_update="weighted"`` with ``scale_by_tasks=True`` to reproduce nash-mtl.
 
 Deliberate differences: the solve runs in float64 on K̂ / max_t K̂_tt (same minimiser; the
-solver's step thresholds are absolute, so this keeps it well behaved at any gradient
-scale); the solver's iteration cap (250) is real, as in LibMTL (the numpy copies never
-increment it, methods.md §0.3.4); its iterate is then polished by an exact KKT solve on the
+solver's step thresholds are absolute, so this keeps it well behaved at any gradient scale);
+the solver's iteration cap (250) is real, as in LibMTL (the numpy copies never increment it,
+docs/methods.md §Sener's solver); its iterate is then polished by an exact KKT solve on the
 support it found (kept only if feasible, optimal and no worse), which moves w by ~1e-5 and
-makes the paper's equal-projection property hold to rounding error. A consequence: where
-the reference's pair rule returns 0.999/0.001 (one gradient dominates), the polished answer
-is the exact 1/0. For ``l2``/``loss+`` a zero gradient keeps n_t = 1 (the reference divides
-0 by 0): it is then the min-norm point itself and d = 0, the correct MGDA answer.
+makes the paper's equal-projection property hold to rounding error. A consequence: where the
+reference's pair rule returns 0.999/0.001 (one gradient dominates), the polished answer is
+the exact 1/0. For ``l2``/``loss+`` a zero gradient keeps n_t = 1 (the reference divides 0
+by 0): it is then the min-norm point itself and d = 0, the correct MGDA answer.
 ``loss``/``loss+`` need positive losses; a loss ≤ 0 raises ``ValueError``.
 """
 

@@ -13,8 +13,8 @@ Update at step k = 1, 2, ... (LibMTL form):
 with Y = 0 (T×P) and λ = 1/T at the start. Y, λ and k are the method's state; Y is sized
 lazily from the first gradients and round-trips through ``state_dict`` into a fresh object.
 
-Reference code: LibMTL ``MoCo.py`` ("based on the authors' shared code"), research/methods.md
-§6.14. Defaults from LibMTL: β 0.5, β_sigma 0.5, γ 0.1, γ_sigma 0.5, ρ 0. The paper projects λ
+Reference code: LibMTL ``MoCo.py`` ("based on the authors' shared code"; docs/methods.md §MoCo).
+Defaults from LibMTL: β 0.5, β_sigma 0.5, γ 0.1, γ_sigma 0.5, ρ 0. The paper projects λ
 onto the simplex (unverified, the text was not readable); LibMTL's softmax is used here. L_t
 are the (transformed) losses the engine passes. λ is kept in float64; Y in the gradients' dtype.
 

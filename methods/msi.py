@@ -5,7 +5,7 @@ Deep Multi-Task Learning", Frontiers of Computer Science 2024,
 https://doi.org/10.1007/s11704-024-40632-2
 
 **This is a documented reconstruction, not a transcription.** Neither the paper's method section
-nor code is available (research/methods.md §2: NOT FOUND); the poster (seeds/000) only says that
+nor code is available (docs/methods.md §MSI and POMSI: not found); the poster only says that
 MSI "adaptively rescales the gradients of each individual task according to magnitude
 similarities between them". mtlx implements exactly this rule:
 

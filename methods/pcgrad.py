@@ -20,17 +20,17 @@ refuses ``rep_grad``), so it is only used there when the user asks for ``level="
 :func:`pcgrad_coefficients` is reused by MSI/POMSI.
 
 Reference code followed: the official TF code (tianheyu927/PCGrad), its PyTorch port used by
-nash-mtl, and LibMTL ``PCGrad.py`` (research/methods.md §6.3). Details:
+nash-mtl, and LibMTL ``PCGrad.py`` (docs/methods.md §PCGrad). Details:
 
 - The visit order runs over *all* T tasks, j = i included, as in all three references;
   visiting i itself only acts if g_i^PC has been turned against g_i.
 - ``order="random"`` (default): one permutation of the T tasks per task i and step, drawn from
   the method's seeded generator (the references use Python's global ``random``), so runs are
   reproducible and the order state is checkpointed. ``order="fixed"``: j = 1..T, for pinned
-  numbers (research/methods.md §7) and tests.
+  numbers (docs/methods.md §Pinned input) and tests.
 - ``eps`` is added to ‖g_j‖². Default 0, as in the official code and nash-mtl: the method is
   then exactly equivariant to a common rescaling of the gradients. Some LibMTL revisions add
-  1e-8 (the §7 pinned number was computed that way; it differs by about 1e-8). A zero g_j never
+  1e-8 (the pinned number was computed that way; it differs by about 1e-8). A zero g_j never
   conflicts (all its inner products are 0), so eps = 0 never divides by zero.
 - Heads: ``"own"`` — LibMTL and CAGrad back-propagate every task's loss into its own head;
   nash-mtl's PCGrad gives the heads ∇(Σ_t L_t), which is the same gradient for task-specific

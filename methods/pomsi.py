@@ -5,7 +5,7 @@ Deep Multi-Task Learning", Frontiers of Computer Science 2024,
 https://doi.org/10.1007/s11704-024-40632-2
 
 **This is a documented reconstruction, not a transcription**: the paper's method section and
-code are not available (research/methods.md §2). The poster (seeds/000) says POMSI "projects
+code are not available (docs/methods.md §MSI and POMSI). The poster says POMSI "projects
 [the gradients] onto the respective normal vector of each other and then rescales the norms".
 mtlx implements exactly:
 

@@ -5,7 +5,7 @@ Deep Multi-Task Learning", Frontiers of Computer Science 2024,
 https://doi.org/10.1007/s11704-024-40632-2
 
 **This is a documented reconstruction, not a transcription**: the paper names POMSI-static in
-its NYUv2 table (seeds/000) but its definition is not available (research/methods.md §2). mtlx
+its NYUv2 table (poster) but its definition is not available (docs/methods.md §MSI and POMSI). mtlx
 implements it as POMSI (``pomsi.py``) with the adaptive exponent replaced by 1:
 
     g^PC = PCGrad projection of the g_t           (random order per task, seeded)

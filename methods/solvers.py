@@ -69,7 +69,7 @@ def min_norm_weights(
 
     Follows the reference loop exactly (stop when the L1 change is below ``stop_crit`` and
     return the *previous* iterate) except that the iteration cap is real: the numpy copies
-    in CAGrad/IMGrad/nash-mtl never increment their counter (methods.md §0.3.4)."""
+    in CAGrad/IMGrad/nash-mtl never increment their counter (docs/methods.md §Sener's solver)."""
     n = K.shape[0]
     if n == 1:
         return np.ones(1), 0

@@ -9,7 +9,7 @@ import torch
 
 import methods
 
-# The pinned input of research/methods.md §7 (rows = tasks, m = 4).
+# The pinned input of docs/methods.md §Pinned input (rows = tasks, m = 4).
 PINNED_G = torch.tensor(
     [[4.0, 0.0, 1.0, 0.0], [-0.5, 1.0, 0.0, 0.5], [0.2, 0.1, -0.3, 1.0]], dtype=torch.float64
 )

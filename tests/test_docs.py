@@ -14,8 +14,13 @@ SKIP_DIRS = {"build", "dist", "node_modules", "__pycache__"}
 CITE = re.compile(r"docs/([A-Za-z0-9_./-]+?\.md)")
 #: parts of the repository whose comments were rewritten to cite docs/ (extend as others are)
 IN_REPO_ONLY = ["orchestrator", "configs", "bench", "cluster.yaml", "tests/conftest.py",
-                "tests/test_orchestrator_cluster.py", "tests/test_tune.py", "tests/test_mt10.py"]
-OUTSIDE = re.compile(r"research/[a-z-]+\.md|\.\./shared|\bgotcha G\d|\(G\d\)")
+                "tests/test_orchestrator_cluster.py", "tests/test_tune.py", "tests/test_mt10.py",
+                "methods", "envs", "tests/method_cases.py", "tests/test_method_properties.py",
+                "tests/test_methods_gradient.py", "tests/test_methods_loss.py",
+                "tests/test_methods_projection.py", "tests/test_envs_architectures.py"]
+#: outside files: research notes (with or without their folder), the papers' seeds, ../shared
+OUTSIDE = re.compile(r"research/[a-z-]+\.md|\.\./shared|\bgotcha G\d|\(G\d\)"
+                     r"|(?<![\w/])(?:methods|benchmarks|aesthetics|DESIGN)\.md\b|\bseeds/\d{3}")
 
 
 def _files() -> list[Path]:

@@ -220,7 +220,8 @@ def _copy_libmtl_weights(arch: str, ref, ours, tasks) -> None:
         b.load_state_dict(a.state_dict())
     if arch == "dselect_k":
         # LibMTL casts '0'/'1' strings to bool, so all its codes are True (NumPy makes every
-        # non-empty string True); compare with the codes it means (docs §DSelect-k)
+        # non-empty string True); compare with the codes it means
+        # (docs/architectures.md §DSelect-k)
         assert bool(ref._binary_codes.all())
         ref._binary_codes = ours.codes.unsqueeze(0)
 

@@ -1,4 +1,4 @@
-"""The property suite every registered method must pass (aesthetics.md §6.5)."""
+"""The property suite every registered method must pass (docs/methods.md §Testing a method)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Paper claims and pinned numbers of the gradient methods MGDA / MGDA-UB, CAGrad, IMGrad,
-Nash-MTL, Aligned-MTL and DB-MTL (research/methods.md §1, §3, §6.1, §6.2, §6.5, §6.7, §7).
+Nash-MTL, Aligned-MTL and DB-MTL (each method's section of docs/methods.md;
+docs/methods.md §Pinned input).
 
 Independent checks (scipy QP, projected gradient, simplex grids, 1-D solves, SVDs) are
 written here from the formulas, not by calling the methods' helpers."""
@@ -76,7 +77,7 @@ def min_norm_qp(K: np.ndarray, pgd_iters: int = 20000) -> tuple[np.ndarray, np.n
 
 
 # ---------------------------------------------------------------------------------------
-# pinned numbers (methods.md §7)
+# pinned numbers (docs/methods.md §Pinned input)
 # ---------------------------------------------------------------------------------------
 
 
@@ -106,7 +107,7 @@ def test_pinned_cagrad_c04(scale_by_tasks):
 def test_pinned_cagrad_c08():
     agg = run("cagrad", PINNED_G, c=0.8, rescale=1, scale_by_tasks=False)
     w = w_star(agg.info, 3)
-    # The §7 numbers come from the reference's SLSQP at scipy's default ftol (1e-6), which
+    # The pinned numbers come from the reference's SLSQP at scipy's default ftol (1e-6), which
     # stops ~1.2e-4 short of the minimiser on this flat dual (objective gap ~1e-9); mtlx
     # solves to the true minimiser, so the pinned values hold only to that noise ...
     np.testing.assert_allclose(w, [0, 0.81273, 0.18727], atol=2e-4)
@@ -623,7 +624,7 @@ def test_engine_nash_skipped_step_uses_previous_alpha():
 
 
 def test_mgda_grid_and_qp_agree_on_pinned_input():
-    """Sanity of the independent references themselves on the §7 input."""
+    """Sanity of the independent references themselves on the pinned input."""
     K = gram(PINNED_G)
     for w in min_norm_qp(K):
         np.testing.assert_allclose(w, [0.09087, 0.49330, 0.41583], atol=2e-5)

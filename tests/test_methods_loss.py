@@ -1,5 +1,6 @@
 """Paper claims of the loss-level and learned-weight methods: UW, IMTL-L, IMTL (hybrid), DWA,
-RLW, GLS, FAMO, GradNorm (research/methods.md §4, §6.6, §6.8–6.12)."""
+RLW, GLS, FAMO, GradNorm (docs/methods.md §UW, §IMTL-G, §IMTL-L, §DWA, §RLW, §GLS, §FAMO,
+§GradNorm)."""
 
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ def fixed(T):
 
 def test_pcgrad_pinned_number():
     expected = torch.tensor([3.503922, 2.433333, 0.817647, 2.166667], dtype=torch.float64)
-    for eps in (1e-8, 0.0):  # §7 used LibMTL's +1e-8; the default 0 agrees to ~1e-8
+    for eps in (1e-8, 0.0):  # the pinned number used LibMTL's +1e-8; the default 0 agrees to ~1e-8
         m = methods.create("pcgrad", 3, order="fixed", eps=eps)
         agg = m.aggregate(PINNED_G, ONES3)
         assert torch.allclose(agg.direction, expected, atol=1e-6)

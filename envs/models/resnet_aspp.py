@@ -2,7 +2,7 @@
 
 The hard-parameter-sharing model of the LibMTL / DB-MTL / Rep-MTL NYUv2 and Cityscapes
 protocol (LibMTL ``examples/nyu/main.py``: ``resnet_dilated('resnet50')`` encoder,
-``DeepLabHead(2048, out)`` decoders; benchmarks.md §2 "LibMTL alternative").
+``DeepLabHead(2048, out)`` decoders; docs/benchmarks.md §NYUv2).
 
 Encoder: torchvision's ResNet-50 layout with ``replace_stride_with_dilation=[False, True,
 True]`` — layer3 and layer4 keep stride 1 and use dilation 2 and 4 (the first block of each

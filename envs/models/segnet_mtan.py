@@ -25,7 +25,7 @@ logits and the benchmark uses cross-entropy, which is the same function), raw de
 L2-normalised normals (``F.normalize``; the reference divides by the norm without an epsilon,
 identical except for an exactly-zero prediction).
 
-``attention_shared`` (methods.md §0.3.3, benchmarks.md §2): CAGrad/IMGrad
+``attention_shared`` (docs/benchmarks.md §Shared attention): CAGrad/IMGrad
 ``shared_modules()`` leave the task attention masks out (``False``, they are updated like
 heads); nash-mtl/FAMO ``shared_parameters()`` = every parameter whose name lacks "pred", so the
 masks are shared (``True``). The choice changes the Gramians, so it is explicit.
