@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -51,7 +52,7 @@ from methods.base import HEAD_UPDATES, Method, StepContext, check_positive_losse
 from methods.precision import LossScaler
 
 Level = Literal["auto", "param", "rep"]
-JacobianMode = Literal["auto", "loop", "batched"]
+JacobianMode = Literal["auto", "loop", "batched", "measure"]
 
 
 @dataclass
@@ -132,6 +133,16 @@ def _numel(params: Sequence[Tensor]) -> int:
     return sum(p.numel() for p in params)
 
 
+#: the measured choice of ``jacobian(mode="auto")`` per (device, T, N, dtype): one timing of
+#: each way on the first call, then reused (``jacobian_choices()`` shows it)
+_AUTO_CHOICE: dict[tuple, str] = {}
+
+
+def jacobian_choices() -> dict[tuple, str]:
+    """What ``mode="auto"``/``"measure"`` chose so far: {(device, T, N, dtype): mode}."""
+    return dict(_AUTO_CHOICE)
+
+
 def jacobian(
     outputs: Tensor,
     inputs: Sequence[Tensor],
@@ -143,19 +154,28 @@ def jacobian(
 
     ``loop`` runs T ``autograd.grad`` calls writing straight into the rows of one dense
     buffer; ``batched`` runs one vmapped backward (``is_grads_batched``). ``auto`` uses the
-    loop, which measured as fast or faster on CPU conv nets (see bench/engine_speed.py)."""
-    T = outputs.shape[0]
-    n = _numel(inputs)
+    loop on CPU (measured as fast or faster on CPU conv nets: bench/engine_speed.py
+    --jacobian) and, on an accelerator, times both once for this (device, T, N, dtype) and
+    keeps the faster (``measure`` does that on any device). The choice is cached for the
+    process; a run that must be bit-identical across restarts pins ``loop`` or ``batched``."""
+    if mode not in ("auto", "loop", "batched", "measure"):
+        raise ValueError(
+            f"jacobian mode must be one of ['auto', 'loop', 'batched', 'measure'], got {mode!r}")
+    if mode == "auto" and outputs.device.type == "cpu":
+        mode = "loop"
+    if mode in ("auto", "measure"):
+        key = (str(outputs.device), outputs.shape[0], _numel(inputs), outputs.dtype)
+        if key not in _AUTO_CHOICE:
+            return _measure(outputs, inputs, retain_graph, key)
+        mode = _AUTO_CHOICE[key]  # type: ignore[assignment]
     if mode == "batched":
-        eye = torch.eye(T, dtype=outputs.dtype, device=outputs.device)
-        gs = torch.autograd.grad(
-            outputs, inputs, grad_outputs=eye, is_grads_batched=True,
-            retain_graph=retain_graph, allow_unused=True, materialize_grads=True,
-        )
-        return torch.cat([g.reshape(T, -1) for g in gs], dim=1)
-    if mode not in ("auto", "loop"):
-        raise ValueError(f"jacobian mode must be one of ['auto', 'loop', 'batched'], got {mode!r}")
-    J = torch.empty(T, n, dtype=outputs.dtype, device=outputs.device)
+        return _jacobian_batched(outputs, inputs, retain_graph)
+    return _jacobian_loop(outputs, inputs, retain_graph)
+
+
+def _jacobian_loop(outputs: Tensor, inputs: Sequence[Tensor], retain_graph: bool) -> Tensor:
+    T = outputs.shape[0]
+    J = torch.empty(T, _numel(inputs), dtype=outputs.dtype, device=outputs.device)
     for t in range(T):
         gs = torch.autograd.grad(
             outputs[t], inputs, retain_graph=retain_graph or t < T - 1,
@@ -163,6 +183,37 @@ def jacobian(
         )
         torch.cat([g.reshape(-1) for g in gs], out=J[t])
     return J
+
+
+def _jacobian_batched(outputs: Tensor, inputs: Sequence[Tensor], retain_graph: bool) -> Tensor:
+    T = outputs.shape[0]
+    eye = torch.eye(T, dtype=outputs.dtype, device=outputs.device)
+    gs = torch.autograd.grad(
+        outputs, inputs, grad_outputs=eye, is_grads_batched=True,
+        retain_graph=retain_graph, allow_unused=True, materialize_grads=True,
+    )
+    return torch.cat([g.reshape(T, -1) for g in gs], dim=1)
+
+
+def _measure(outputs: Tensor, inputs: Sequence[Tensor], retain_graph: bool, key: tuple) -> Tensor:
+    """Time the loop and the batched pass once each (synchronising the device, so the time
+    is the work's, not the launch's) and cache the faster; returns the loop's Jacobian."""
+    def timed(fn, keep):
+        _sync(outputs.device)
+        t0 = time.perf_counter()
+        J = fn(outputs, inputs, keep)
+        _sync(outputs.device)
+        return J, time.perf_counter() - t0
+
+    _, t_batched = timed(_jacobian_batched, True)
+    J, t_loop = timed(_jacobian_loop, retain_graph)
+    _AUTO_CHOICE[key] = "batched" if t_batched < t_loop else "loop"
+    return J
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _write_grads(params: Sequence[Tensor], flat: Tensor) -> None:
@@ -301,6 +352,7 @@ class _Step:
     W: int
     mode: JacobianMode
     scaler: LossScaler | None
+    batched: float | None = None  # the measured Jacobian choice (auto on an accelerator)
 
     @property
     def scale(self) -> float:
@@ -332,8 +384,21 @@ class _Step:
         return StepResult(path, self.losses, torch.zeros(T, device=self.losses.device),
                           info=info, skipped=True)
 
+    def jacobian(self, inputs: list[Tensor], retain_graph: bool = False) -> Tensor:
+        """Per-task gradients of the (scaled) transformed losses; remembers a measured
+        loop-or-batched choice so that the step's diagnostics show it."""
+        out = self.scaled(self.transformed)
+        J = jacobian(out, inputs, mode=self.mode, retain_graph=retain_graph)
+        key = (str(out.device), out.shape[0], _numel(inputs), out.dtype)
+        measured = self.mode == "measure" or (self.mode == "auto" and out.device.type != "cpu")
+        if measured and key in _AUTO_CHOICE:
+            self.batched = float(_AUTO_CHOICE[key] == "batched")
+        return J
+
     def finish(self, path, w, info, norms=None, cos=None) -> StepResult:
         _clip_(self.shared, self.method.max_grad_norm(), info)
+        if self.batched is not None:
+            info["jacobian_batched"] = self.batched
         if self.scaler is not None:
             info["loss_scale"] = self.scaler.scale
         return StepResult(path, self.losses, w.detach(), norms, cos, info)
@@ -369,7 +434,7 @@ class _Step:
     def param_path(self, diagnostics: bool) -> StepResult:
         shared, others = self.shared, self.others
         n_sh = _numel(shared)
-        J = jacobian(self.scaled(self.transformed), shared + others.params, mode=self.mode)
+        J = self.jacobian(shared + others.params)
         if self.W > 1:
             _all_reduce_mean_(J)  # one flat collective: every rank now holds the global Jacobian
         if self.scaler is not None and self.overflow(J.div_(self.scale)):
@@ -393,8 +458,7 @@ class _Step:
                 "more than the Gramian); use level='param'"
             )
         n_rep = rep.numel()
-        R_all = jacobian(self.scaled(self.transformed), [rep] + others.params, mode=self.mode,
-                         retain_graph=True)
+        R_all = self.jacobian([rep] + others.params, retain_graph=True)
         if self.scaler is not None and self.overflow(R_all.div_(self.scale)):
             return self.skip("rep")  # before the method: its state does not advance
         R = R_all[:, :n_rep]

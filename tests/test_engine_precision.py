@@ -76,3 +76,28 @@ def test_scaler_growth_backoff_and_state():
     assert (t.scale, t.good_steps, t.skipped_steps) == (8.0, 0, 1)
     with pytest.raises(ValueError, match="backoff_factor"):
         LossScaler(backoff_factor=2.0)
+
+
+def test_measured_jacobian_choice_is_cached_and_logged():
+    from methods.engine import jacobian, jacobian_choices
+
+    model = TinyMTL(3)
+    x, y = make_data()
+    losses, _ = model.losses(x, y)
+    ref = jacobian(losses, model.shared_parameters(), mode="loop", retain_graph=True)
+    got = jacobian(losses, model.shared_parameters(), mode="measure", retain_graph=True)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-8)
+    key = ("cpu", 3, ref.shape[1], torch.float32)
+    assert jacobian_choices()[key] in ("loop", "batched")
+    np.testing.assert_allclose(jacobian(losses, model.shared_parameters(), mode="measure"),
+                               ref, rtol=1e-5, atol=1e-7)
+    # through the engine the choice is in the step's info
+    m = methods.create("pcgrad", 3)
+    losses, rep = model.losses(x, y)
+    res = methods.backward(m, losses, model.shared_parameters(), model.task_parameters(),
+                           jacobian_mode="measure")
+    assert res.info["jacobian_batched"] in (0.0, 1.0)
+    # on CPU, auto is the loop and logs nothing
+    losses, rep = model.losses(x, y)
+    res = methods.backward(m, losses, model.shared_parameters(), model.task_parameters())
+    assert "jacobian_batched" not in res.info
