@@ -1,6 +1,6 @@
 """FAMO — Fast Adaptive Multitask Optimization.
 
-Liu, Liu, Jin, Stone, Liu, NeurIPS 2023, https://openreview.net/forum?id=zMeemcUeXL
+Liu, Feng, Stone, Liu, NeurIPS 2023, https://openreview.net/forum?id=zMeemcUeXL
 
 Task logits ξ (init 0), z = softmax(ξ). The training loss of the official code is
 

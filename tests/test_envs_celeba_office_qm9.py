@@ -16,8 +16,8 @@ import torch
 import envs
 import methods
 from envs import _sampling
-from envs.fixtures import files as fx
 from envs.base import Forward
+from envs.fixtures import files as fx
 from methods.engine import jacobian
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script in PyG
