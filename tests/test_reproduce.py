@@ -314,6 +314,7 @@ def test_reproduce_smoke_of_a_nyuv2_table_on_a_fixture(tmp_path, capsys):
     for c in ("c=0.2", "c=0.4", "c=0.6", "c=0.8"):
         assert f"| {c} | " in text
     assert "Kendall τ (published vs reproduced Δm% order)" in text
+    assert "compared runs: 8, trained with epochs 1" in text and "(a smoke run)" in text
     assert (out / "reproduce" / "cagrad_nyuv2_c_sensitivity.csv").is_file()
     # rerunning skips the finished runs and prints the same comparison
     assert rcli.main(args, extra) == 0

@@ -186,7 +186,7 @@ def match_rows(table: Table, runs: pd.DataFrame) -> tuple[dict[str, list[str]], 
     A run matches a row when benchmark and method agree and so does every hyperparameter,
     benchmark option and training option that the table sets anywhere (unset ones compare
     with their defaults); options the table never mentions (epochs, a smoke run's width) are
-    not compared — the notes list the protocol the matched runs used. When several
+    not compared — :func:`compare` notes the protocol the matched runs used. When several
     configurations match a row, the one with the most seeds is used."""
     from orchestrator.reproduce.grid import runnable_rows
 
@@ -315,6 +315,7 @@ def compare(table: Table, root: str | Path, row_runs: Mapping[str, Sequence[str]
     notes: list[str] = []
     if row_runs is None:
         row_runs, notes = match_rows(table, runs)
+    notes += _protocol_notes(runs, [i for ids in row_runs.values() for i in ids])
     _, blocked, _ = runnable_rows(table)
     printed = column_values(table, table.rows)
     seeds = {rid: _per_seed(table, ids, runs, rep) for rid, ids in row_runs.items()}
@@ -347,6 +348,24 @@ def compare(table: Table, root: str | Path, row_runs: Mapping[str, Sequence[str]
                                  row_verdict(delta, cmps)))
     tau, n, basis = _tau(results)
     return Comparison(table, results, tau, n, basis, notes)
+
+
+def _protocol_notes(runs: pd.DataFrame, ids: Sequence[str]) -> list[str]:
+    """What the compared runs were trained with (a smoke run's numbers mean nothing)."""
+    used = runs[runs.run_id.isin(ids)]
+    if used.empty:
+        return []
+    parts = []
+    for col in ("epochs", "batch_size", "lr", "max_steps_per_epoch"):
+        if col in used.columns:
+            vals = sorted({str(v) for v in used[col] if v is not None and not pd.isna(v)})
+            if vals:
+                parts.append(f"{col} {'/'.join(vals)}")
+    out = [f"compared runs: {len(used)}, trained with " + ", ".join(parts)] if parts else []
+    if "max_steps_per_epoch" in used.columns and used.max_steps_per_epoch.notna().any():
+        out.append("steps per epoch were capped (a smoke run): the numbers prove the pipeline, "
+                   "not the paper")
+    return out
 
 
 def _deltas(fn: Any, per_seed: list, ref: Any, table: Table, notes: list[str]) -> list[float]:
