@@ -18,7 +18,7 @@ import scipy.stats
 from envs.fixtures.dense import write_nyuv2
 from orchestrator.reproduce import cli as rcli
 from orchestrator.reproduce.compare import Cmp, compare, kendall_tau, row_verdict
-from orchestrator.reproduce.grid import GridError, expand, experiments
+from orchestrator.reproduce.grid import GridError, expand, experiments, smoke_fixture
 from orchestrator.reproduce.render import csv_text, markdown
 from orchestrator.reproduce.tables import TableError, Value, get_table, load_table, table_paths
 
@@ -319,3 +319,15 @@ def test_reproduce_smoke_of_a_nyuv2_table_on_a_fixture(tmp_path, capsys):
     # rerunning skips the finished runs and prints the same comparison
     assert rcli.main(args, extra) == 0
     assert capsys.readouterr().out == text
+
+
+def test_smoke_without_data_root_uses_a_fixture_of_the_published_layout(tmp_path):
+    import envs
+
+    root, extra = smoke_fixture("nyuv2", str(tmp_path))
+    assert extra == [] and root == str(tmp_path / "nyuv2")
+    assert len(envs.create("nyuv2", root=root).dataset("test")) == 3  # write_nyuv2's default
+    (tmp_path / "nyuv2" / "marker").write_text("kept")
+    assert smoke_fixture("nyuv2", str(tmp_path))[0] == root  # written once, then reused
+    assert (tmp_path / "nyuv2" / "marker").exists()
+    assert smoke_fixture("multi_digits", str(tmp_path)) is None  # its data ship with mtlx

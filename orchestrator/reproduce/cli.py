@@ -12,7 +12,9 @@ root) before anything trains, runs the grid with ``mtlx run``'s launcher into ``
 (finished runs are skipped and unfinished ones resume, so rerunning the command continues a
 partial reproduction), then prints the comparison and writes it to
 ``<out>/reproduce/<TABLE_ID>.{md,csv,png}``. ``--smoke`` runs every configuration for one
-epoch of two steps (on fixtures or real data) to prove the pipeline before a real launch.
+epoch of two steps to prove the pipeline before a real launch: on the user's data, or, without
+``--data-root``, on a fixture of the benchmark's published layout (``envs.fixtures``) written
+under ``<out>/reproduce/fixtures/``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.reproduce.grid import GridError, expand, experiments, plan_runs, run_grid
+from orchestrator.reproduce.grid import (
+    GridError,
+    expand,
+    experiments,
+    plan_runs,
+    run_grid,
+    smoke_fixture,
+)
 from orchestrator.reproduce.tables import STL, TableError, get_table, load_all
 
 
@@ -90,9 +99,16 @@ def _seeds(text: str | None) -> list[int] | None:
 def _reproduce(args: argparse.Namespace) -> int:
     table = get_table(args.table)
     grid = expand(table, _seeds(args.seeds))
-    exps = experiments(grid, out=args.out, data_root=args.data_root,
-                       ray_address=args.ray_address, workers=args.workers, smoke=args.smoke,
-                       overrides=args.overrides)
+    data_root, overrides = args.data_root, list(args.overrides)
+    if args.smoke and data_root is None:  # prove the pipeline on a fixture of the layout
+        fixture = smoke_fixture(table.benchmark, str(Path(args.out) / "reproduce" / "fixtures"))
+        if fixture is not None:
+            data_root, extra = fixture
+            overrides = extra + overrides
+            print(f"smoke: no --data-root given; using a {table.benchmark} fixture in "
+                  f"{data_root}", file=sys.stderr)
+    exps = experiments(grid, out=args.out, data_root=data_root, ray_address=args.ray_address,
+                       workers=args.workers, smoke=args.smoke, overrides=overrides)
     row_runs = plan_runs(grid, exps)  # validates everything before any run starts
     n = len({r for ids in row_runs.values() for r in ids})
     print(f"reproduce {table.id}: {len(grid.cells)} configurations × {len(grid.seeds)} seed(s) "

@@ -29,6 +29,32 @@ SMOKE = {"train.epochs": 1, "train.max_steps_per_epoch": 2, "train.max_eval_batc
          "train.average_last": 1}
 
 
+#: --smoke without --data-root: the fixture writer (envs.fixtures) of each benchmark that
+#: needs data, its arguments, and the benchmark options a few-item dataset needs
+FIXTURES = {
+    "nyuv2": ("envs.fixtures.dense", "write_nyuv2", {}, {}),
+    "cityscapes": ("envs.fixtures.dense", "write_cityscapes", {}, {}),
+    "office31": ("envs.fixtures.files", "write_office", {"dataset": "office31"}, {}),
+    "office_home": ("envs.fixtures.files", "write_office", {"dataset": "office_home"}, {}),
+    "celeba": ("envs.fixtures.files", "write_celeba", {}, {}),
+    "qm9": ("envs.fixtures.files", "write_qm9", {}, {"test_size": 4, "val_size": 4}),
+}  # fmt: skip
+
+
+def smoke_fixture(benchmark: str, where: str) -> tuple[str, list[str]] | None:
+    """(data root, overrides) of a fixture for ``benchmark`` written under ``where`` (once),
+    or None if the benchmark needs no data (multi_digits, toy) or has no fixture writer."""
+    if benchmark not in FIXTURES:
+        return None
+    module, fn, kwargs, options = FIXTURES[benchmark]
+    from pathlib import Path
+
+    root = Path(where) / benchmark
+    if not root.is_dir():
+        getattr(importlib.import_module(module), fn)(root, **kwargs)
+    return str(root), [f"bench_options.{k}={v}" for k, v in options.items()]
+
+
 class GridError(ValueError):
     """The table cannot be turned into runs (the message says why and what would fix it)."""
 
