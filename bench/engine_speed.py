@@ -17,6 +17,11 @@ medians of the same run. Run by hand, not in CI:
     .venv/bin/python bench/engine_speed.py --setup celeba40 --steps 3 --rounds 1
     .venv/bin/python bench/engine_speed.py --jacobian   # loop vs batched Jacobian
     .venv/bin/python bench/engine_speed.py --solvers     # Nash-MTL and CAGrad/IMGrad solve times
+    .venv/bin/python bench/engine_speed.py --setup segnet_nyuv2 --device cuda --precision bf16
+
+``--device cuda`` times with device synchronisation and reports peak GPU memory;
+``--precision bf16|fp16`` runs the forward pass under autocast (fp16 with the engine's loss
+scaler); ``--setup segnet_nyuv2`` is SegNet-MTAN on one 288 × 384 NYUv2-shaped batch.
 """
 
 from __future__ import annotations
@@ -72,16 +77,15 @@ def build(setup: str):
     raise SystemExit(f"unknown setup {setup}")
 
 
-def one(setup: str, name: str, level: str, steps: int, warmup: int, jac_mode: str) -> dict:
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
+def workload(setup: str, device: torch.device):
+    """(model, T, shared params, task params, losses_fn) for a setup; losses_fn() returns
+    (Tensor[T] losses, representation or None) for one fixed batch."""
+    if setup == "segnet_nyuv2":
+        return _segnet_workload(device)
     model, T, out = build(setup)
-    method = methods.create(name, T)
-    opt = torch.optim.Adam(list(model.parameters()) + list(method.parameters()), lr=1e-4)
-    x = torch.randn(32, 3, 64, 64)
-    ys = torch.randint(0, 10, (32, T)) if out > 1 else torch.randint(0, 2, (32, T)).float()
-    shared = list(model.encoder.parameters())
-    heads = [p for h in model.heads for p in h.parameters()]
+    model.to(device)
+    x = torch.randn(32, 3, 64, 64, device=device)
+    ys = (torch.randint(0, 10, (32, T)) if out > 1 else torch.randint(0, 2, (32, T)).float()).to(device)
 
     def losses_fn():
         rep, preds = model(x)
@@ -89,24 +93,72 @@ def one(setup: str, name: str, level: str, steps: int, warmup: int, jac_mode: st
             ls = [nn.functional.cross_entropy(p, ys[:, t]) for t, p in enumerate(preds)]
         else:
             ls = [nn.functional.binary_cross_entropy_with_logits(p[:, 0], ys[:, t]) for t, p in enumerate(preds)]
-        return torch.stack(ls), rep
+        return torch.stack(ls).float(), rep
+
+    heads = [p for h in model.heads for p in h.parameters()]
+    return model, T, list(model.encoder.parameters()), heads, losses_fn
+
+
+def _segnet_workload(device: torch.device):
+    """SegNet-MTAN on one NYUv2-shaped batch (2 × 3 × 288 × 384, the references' batch
+    size), read through the benchmark from a fixture in the published layout."""
+    import tempfile
+
+    import envs
+    from envs.fixtures.dense import write_nyuv2
+
+    root = tempfile.mkdtemp(prefix="mtlx-bench-nyuv2-")
+    write_nyuv2(root, n_train=2, n_test=2, size=(288, 384))
+    bench = envs.create("nyuv2", root=root)
+    model = bench.build_model().to(device)
+    batch = bench.to_device(next(iter(bench.make_loader("train", 2, shuffle=False, seed=0))), device)
+    heads = [p for t in bench.tasks for p in model.task_parameters(t)]
+
+    def losses_fn():
+        fw = bench.forward_losses(model, batch)
+        return fw.losses.float(), fw.rep
+
+    return model, len(bench.tasks), list(model.shared_parameters()), heads, losses_fn
+
+
+def one(setup: str, name: str, level: str, steps: int, warmup: int, jac_mode: str,
+        device: str = "cpu", precision: str = "fp32") -> dict:
+    from methods.precision import LossScaler
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model, T, shared, heads, losses_fn = workload(setup, dev)
+    method = methods.create(name, T)
+    opt = torch.optim.Adam(list(model.parameters()) + list(method.parameters()), lr=1e-4)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = LossScaler() if precision == "fp16" else None
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
     times = []
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     for i in range(warmup + steps):
+        sync()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        losses, rep = losses_fn()
-        methods.backward(method, losses, shared, heads, rep=rep, level=level, jacobian_mode=jac_mode)
+        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+            losses, rep = losses_fn()
+        methods.backward(method, losses, shared, heads, rep=rep, level=level,
+                         jacobian_mode=jac_mode, scaler=scaler)
         opt.step()
         if method.uses_after_step:
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
                 method.after_step(losses_fn()[0])
+        sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return {
-        "method": name, "level": level, "times": times,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    mem = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
+           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"method": name, "level": level, "times": times, "peak_rss_mb": mem}
 
 
 def cases():
@@ -126,14 +178,17 @@ def cases():
 
 
 def run_all(setup: str, steps: int, warmup: int, rounds: int, jac_mode: str,
-            only: list[str] | None) -> None:
+            only: list[str] | None, device: str = "cpu", precision: str = "fp32") -> None:
     todo = [c for c in cases() if only is None or c[0] in only or c[0] == "ew"]
+    if setup == "segnet_nyuv2":  # SegNet-MTAN has no single shared representation
+        todo = [c for c in todo if c[1] == "param"]
     times: dict[tuple[str, str], list[float]] = {c: [] for c in todo}
     rss: dict[tuple[str, str], float] = {}
     for r in range(rounds):
         for name, level in todo if r % 2 == 0 else todo[::-1]:
             cmd = [sys.executable, __file__, "--setup", setup, "--one", name, "--level", level,
-                   "--steps", str(steps), "--warmup", str(warmup), "--jacobian-mode", jac_mode]
+                   "--steps", str(steps), "--warmup", str(warmup), "--jacobian-mode", jac_mode,
+                   "--device", device, "--precision", precision]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 print(f"{name}@{level}: FAILED\n{res.stderr[-2000:]}", file=sys.stderr)
@@ -145,10 +200,12 @@ def run_all(setup: str, steps: int, warmup: int, rounds: int, jac_mode: str,
                   "s/step", file=sys.stderr, flush=True)
     rows = [(k, statistics.median(v), min(v), rss[k]) for k, v in times.items() if v]
     ew = next(r for r in rows if r[0][0] == "ew")
-    print(f"\nsetup={setup}, {rounds} round(s) × {steps} timed steps (after {warmup} warm-up) "
-          f"per row, alternating order; torch={torch.__version__}, threads=2\n")
+    print(f"\nsetup={setup}, device={device}, precision={precision}, jacobian={jac_mode}, "
+          f"{rounds} round(s) × {steps} timed steps (after {warmup} warm-up) per row, "
+          f"alternating order; torch={torch.__version__}, threads=2\n")
+    memory = "peak GPU MB" if device.startswith("cuda") else "peak RSS MB"
     print("| method | level | median s/step | × EW (median) | min s/step | × EW (min) "
-          "| peak RSS MB | × EW memory |")
+          f"| {memory} | × EW memory |")
     print("|---|---|---|---|---|---|---|---|")
     for (name, level), med, low, mem in sorted(rows, key=lambda r: (r[0][1], r[1])):
         print(f"| {name} | {level} | {med:.3f} | {med / ew[1]:.2f} | {low:.3f} | "
@@ -217,7 +274,9 @@ def bench_solvers(n: int = 300) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--setup", default="resnet18", choices=["resnet18", "celeba40"])
+    ap.add_argument("--setup", default="resnet18", choices=["resnet18", "celeba40", "segnet_nyuv2"])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--one")
     ap.add_argument("--level", default="param")
     ap.add_argument("--steps", type=int, default=6)
@@ -229,14 +288,15 @@ def main() -> None:
     ap.add_argument("--solvers", action="store_true")
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(one(a.setup, a.one, a.level, a.steps, a.warmup, a.jacobian_mode)))
+        print(json.dumps(one(a.setup, a.one, a.level, a.steps, a.warmup, a.jacobian_mode,
+                             a.device, a.precision)))
     elif a.jacobian:
         bench_jacobian(a.setup)
     elif a.solvers:
         bench_solvers()
     else:
         run_all(a.setup, a.steps, a.warmup, a.rounds, a.jacobian_mode,
-                a.only.split(",") if a.only else None)
+                a.only.split(",") if a.only else None, a.device, a.precision)
 
 
 if __name__ == "__main__":
