@@ -69,6 +69,9 @@ def _write(tmp_path, rows, name="bad", **repl):
      r"bad\.yaml: unknown benchmark 'mnist'"),
     ("- {id: A, method: ew}", {"reference: STL": "reference: B"}, r"delta.reference 'B' is not a row"),
     ("- {id: A, method: ew}", {"id: bad": "id: other"}, r"id 'other' must equal the file name"),
+    ("- {id: A, method: ew}", {"seeds: [0, 1]": "seeds: three"}, r"bad\.yaml: seeds must be"),
+    ("- {id: A, method: ew}", {"paper: {title: p, authors: a, url: u}": "paper: x"},
+     r"bad\.yaml: paper must be a mapping"),
 ])
 def test_loader_errors_name_file_and_row(tmp_path, rows, repl, match):
     with pytest.raises(TableError, match=match):

@@ -241,7 +241,12 @@ class _Parser:
         if spread not in SPREADS:
             raise self.fail(f"spread must be one of {list(SPREADS)}, got {spread!r}")
         seeds = d.get("seeds", 3)
-        seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+        if not (isinstance(seeds, int) and seeds > 0) and not (
+                isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
+            raise self.fail(f"seeds must be a positive count or a list of integers, got {seeds!r}")
+        seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+        if not isinstance(self.need("paper"), Mapping):
+            raise self.fail("paper must be a mapping (title, authors, url)")
         t = Table(
             id=tid, path=self.path, title=str(self.need("title")), paper=dict(self.need("paper")),
             table=str(self.need("table")), benchmark=bench,
