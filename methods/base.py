@@ -316,8 +316,13 @@ class Method(nn.Module):
         return f"num_tasks={self.num_tasks}" + (f", {fields}" if fields else "")
 
     def hparams(self) -> dict[str, Any]:
+        """The resolved hyperparameters (what identifies a run). The common
+        ``loss_transform`` appears only when set, so runs made before it existed keep
+        their ids."""
         fields = dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else {}
-        return {**fields, "loss_transform": self.loss_transform}
+        if self.loss_transform != "none":
+            fields["loss_transform"] = self.loss_transform
+        return fields
 
     def __str__(self) -> str:
         return self.name

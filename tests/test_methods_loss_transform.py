@@ -110,3 +110,5 @@ def test_loss_transform_is_a_hyperparameter_of_every_method():
     for name in methods.available():
         assert methods.hparam_fields(name)["loss_transform"] == "none", name
     assert methods.create("pcgrad", 2, loss_transform="log").hparams()["loss_transform"] == "log"
+    # unset, it is not part of the resolved hyperparameters (run ids stay as they were)
+    assert "loss_transform" not in methods.create("pcgrad", 2).hparams()
