@@ -249,3 +249,13 @@ def test_every_train_field_declares_its_valid_values():
     with pytest.raises(ConfigError, match=r"train.diagnostics_every must be an integer >= 0"):
         check_train(TrainConfig(diagnostics_every=-1))
     check_train(TrainConfig(diagnostics_every=0, head_update="weighted", level="rep"))
+
+
+def test_the_training_function_takes_a_run_config_only(tmp_path):
+    from orchestrator.run.execute import train_run
+    from orchestrator.trainers.base import RunContext
+
+    run = expand(_exp(out=str(tmp_path)))[0]
+    with pytest.raises(TypeError, match="takes a RunConfig, got dict"):
+        train_run(run.to_dict(), RunContext(run_id=run.run_id, out=tmp_path))
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
