@@ -93,8 +93,9 @@ from orchestrator.trainers.rl.learner import (
     SACLearner,
     check_method,
     takes_signed_losses,
+    validate,
 )
-from orchestrator.trainers.rl.loop import TRAINER, train_run, validate
+from orchestrator.trainers.rl.loop import TRAINER, train_run
 from orchestrator.trainers.rl.networks import Actor, TwinQ, mlp
 from orchestrator.trainers.rl.replay import Batch, ReplayBuffer, per_task_mean
 

@@ -1,19 +1,24 @@
 """The SAC learner: networks, optimisers, one method instance per loss, and the update
-(critic step, actor step on the updated critic, temperature step, Polyak target update)."""
+(critic step, actor step on the updated critic, temperature step, Polyak target update);
+the checks of the method × SAC capabilities before training (:func:`validate`) and the
+diagnostics rows of an update (:func:`diag_rows`)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+import envs
 import methods
 from methods.base import Method, StepContext
-from orchestrator.trainers.rl.config import LOSSES, SACConfig
+from orchestrator.config import RunConfig
+from orchestrator.trainers.base import RunContext, diagnostic_rows
+from orchestrator.trainers.rl.config import LOSSES, SACConfig, sac_config
 from orchestrator.trainers.rl.networks import Actor, TwinQ
 from orchestrator.trainers.rl.replay import Batch, per_task_mean
 
@@ -214,3 +219,54 @@ class SACLearner:
         self.updates = int(state["updates"])
 
 
+def validate(runs: Sequence[RunConfig], bench: envs.Benchmark) -> None:
+    """Check every run before Ray starts: SAC options, the method × SAC capabilities, and
+    the training settings SAC does not use (they must stay at the protocol's values)."""
+    for run in runs:
+        cfg = sac_config(run)
+        t = run.train
+        if run.stl_task is not None:
+            raise ValueError(
+                f"single-task baselines ('stl') are not implemented for {bench.name}; train "
+                "one task with --benchmark mt1 bench_options.task=<name>-v3 instead"
+            )
+        if run.world_size > 1:
+            raise ValueError(
+                f"{bench.name} trains one SAC learner per process: use workers=0 or 1 (several "
+                "seeds/methods still run in parallel), not workers="
+                f"{run.workers}"
+            )
+        if t.level == "rep":
+            raise ValueError("the SAC networks expose no shared representation: train.level "
+                             "must be 'auto' or 'param'")
+        for name, ok in (("optimizer", t.optimizer in (None, "adam")),
+                         ("weight_decay", t.weight_decay in (None, 0, 0.0)),
+                         ("lr_schedule", t.lr_schedule in (None, "none"))):
+            if not ok:
+                raise ValueError(f"SAC uses Adam without weight decay or schedule; "
+                                 f"train.{name}={getattr(t, name)!r} is not supported for "
+                                 f"{bench.name}")
+        T = bench.num_tasks
+        m = methods.create(run.method, T, seed=run.seed, **run.hparams)
+        signed_ok = takes_signed_losses(run.method, T, run.hparams)
+        if cfg.resolved_apply_to(run.method, signed_ok):
+            check_method(m)
+
+
+def diag_rows(ctx: RunContext, epoch: int, step: int, tasks: list[str], out: Mapping[str, Any],
+               env_rate: float, upd_rate: float) -> list[dict[str, Any]]:
+    """Each loss's engine diagnostics (``<loss>.<quantity>``), then the temperature, the
+    policy entropy and the speeds."""
+    rows = []
+    for kind in LOSSES:
+        rows += diagnostic_rows(ctx, tasks, epoch, step, out[kind], prefix=f"{kind}.")
+    alpha = out["alpha_value"]
+    if alpha.numel() == 1:
+        rows.append(ctx.diag_row(epoch, step, "info.alpha", "", float(alpha[0])))
+    else:
+        rows += [ctx.diag_row(epoch, step, "info.alpha", t, float(alpha[i]))
+                 for i, t in enumerate(tasks)]
+    rows += [ctx.diag_row(epoch, step, "info.entropy", "", out["entropy"]),
+             ctx.diag_row(epoch, step, "info.env_steps_per_s", "", env_rate),
+             ctx.diag_row(epoch, step, "info.updates_per_s", "", upd_rate)]
+    return rows

@@ -21,64 +21,23 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 import envs
-import methods
 from orchestrator.config import RunConfig
 from orchestrator.results import dumps
 from orchestrator.trainers.base import (
     NonFiniteLoss,
     RunContext,
-    diagnostic_rows,
     seed_everything,
 )
-from orchestrator.trainers.rl.config import LOSSES, sac_config
+from orchestrator.trainers.rl.config import sac_config
 from orchestrator.trainers.rl.evaluation import eval_goal_sets, evaluate
-from orchestrator.trainers.rl.learner import (
-    NonFiniteSACLoss,
-    SACLearner,
-    check_method,
-    takes_signed_losses,
-)
+from orchestrator.trainers.rl.learner import NonFiniteSACLoss, SACLearner, diag_rows, validate
 from orchestrator.trainers.rl.replay import ReplayBuffer
-
-
-def validate(runs: Sequence[RunConfig], bench: envs.Benchmark) -> None:
-    """Check every run before Ray starts: SAC options, the method × SAC capabilities, and
-    the training settings SAC does not use (they must stay at the protocol's values)."""
-    for run in runs:
-        cfg = sac_config(run)
-        t = run.train
-        if run.stl_task is not None:
-            raise ValueError(
-                f"single-task baselines ('stl') are not implemented for {bench.name}; train "
-                "one task with --benchmark mt1 bench_options.task=<name>-v3 instead"
-            )
-        if run.world_size > 1:
-            raise ValueError(
-                f"{bench.name} trains one SAC learner per process: use workers=0 or 1 (several "
-                "seeds/methods still run in parallel), not workers="
-                f"{run.workers}"
-            )
-        if t.level == "rep":
-            raise ValueError("the SAC networks expose no shared representation: train.level "
-                             "must be 'auto' or 'param'")
-        for name, ok in (("optimizer", t.optimizer in (None, "adam")),
-                         ("weight_decay", t.weight_decay in (None, 0, 0.0)),
-                         ("lr_schedule", t.lr_schedule in (None, "none"))):
-            if not ok:
-                raise ValueError(f"SAC uses Adam without weight decay or schedule; "
-                                 f"train.{name}={getattr(t, name)!r} is not supported for "
-                                 f"{bench.name}")
-        T = bench.num_tasks
-        m = methods.create(run.method, T, seed=run.seed, **run.hparams)
-        signed_ok = takes_signed_losses(run.method, T, run.hparams)
-        if cfg.resolved_apply_to(run.method, signed_ok):
-            check_method(m)
 
 
 class SACRun:
@@ -295,7 +254,7 @@ def _learn(run: SACRun, step: int, done: int, clock: dict[str, Any], t1: float) 
     clock["n_upd"] += n
     if log_now:
         upd_rate = clock["n_upd"] / max(clock["learn"] + time.perf_counter() - t1, 1e-9)
-        run.diag_rows += _diag_rows(run.ctx, len(run.history), done, run.tasks, out,
+        run.diag_rows += diag_rows(run.ctx, len(run.history), done, run.tasks, out,
                                     clock["n_env"] / max(clock["env"], 1e-9), upd_rate)
     return out["critic"].losses.cpu().numpy()
 
@@ -323,25 +282,6 @@ def _set_env_states(train_envs: Any, states: Mapping[str, Any]) -> None:
     train_envs.call("set_goal_state_all", states["goal"])
     if "reward" in states:
         train_envs.call("set_reward_state_all", states["reward"])
-
-
-def _diag_rows(ctx: RunContext, epoch: int, step: int, tasks: list[str], out: Mapping[str, Any],
-               env_rate: float, upd_rate: float) -> list[dict[str, Any]]:
-    """Each loss's engine diagnostics (``<loss>.<quantity>``), then the temperature, the
-    policy entropy and the speeds."""
-    rows = []
-    for kind in LOSSES:
-        rows += diagnostic_rows(ctx, tasks, epoch, step, out[kind], prefix=f"{kind}.")
-    alpha = out["alpha_value"]
-    if alpha.numel() == 1:
-        rows.append(ctx.diag_row(epoch, step, "info.alpha", "", float(alpha[0])))
-    else:
-        rows += [ctx.diag_row(epoch, step, "info.alpha", t, float(alpha[i]))
-                 for i, t in enumerate(tasks)]
-    rows += [ctx.diag_row(epoch, step, "info.entropy", "", out["entropy"]),
-             ctx.diag_row(epoch, step, "info.env_steps_per_s", "", env_rate),
-             ctx.diag_row(epoch, step, "info.updates_per_s", "", upd_rate)]
-    return rows
 
 
 class RLTrainer:
