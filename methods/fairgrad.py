@@ -61,7 +61,9 @@ def fair_weights(K: np.ndarray, alpha: float, max_iter: int = 100) -> tuple[np.n
     Kn = K / scale
     p = 1.0 / alpha
     w = diag ** (-alpha / (1 + alpha))  # exact when the gradients are orthogonal
-    w *= (np.sum(w ** (1 - p)) / float(w @ Kn @ w)) ** (1 / (1 + p))  # best point on the ray
+    curv = float(w @ Kn @ w)
+    if curv > 0:  # the best point on the ray t·w
+        w *= (np.sum(w ** (1 - p)) / curv) ** (1 / (1 + p))
     for it in range(max_iter + 1):
         F = _log_residual(Kn, np.log(w), p)
         if np.isfinite(F).all() and np.max(np.abs(np.expm1(F))) < TOL:  # |w^p (Kw) − 1|

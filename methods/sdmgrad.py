@@ -14,8 +14,13 @@ SGD steps on w per training step (a fresh SGD optimiser each step: lr 5, momentu
 so the first step is plain), on the Gramian rescaled by its mean task norm,
 K̂ = K/(mean_t ‖g_t‖)² (1e-8 added to the square), whose gradient in w is K̂w + λ K̂1/T;
 w is kept across training steps (initialised at 1/T). mtlx runs exactly these iterations
-(they are the method: with few of them w* is not reached, and the paper's analysis is of
-this stochastic recursion), with the Euclidean projection onto the simplex.
+(the paper analyses this stochastic recursion, not the exact w*), with the Euclidean
+projection onto the simplex. Note that with the reference's step size 5 on K̂ (whose
+eigenvalues are O(1)) the iterations overshoot: on generic inputs the 20 momentum steps of
+each call return to a point (often on an edge or at a vertex of the simplex) whose objective
+is well above the minimum, instead of approaching w* (tests/test_methods_new.py shows both);
+``inner_lr`` (default 5, the reference's) exposes the step size, and with e.g. 0.05 and
+enough steps w converges to w*.
 
 **Single-batch variant (deliberate difference).** The reference draws *three* independent
 mini-batches per step (ζ, ξ₁, ξ₂): the w-iterations use the cross-Gramian G_{ξ₁} G_{ξ₂}ᵀ
@@ -27,7 +32,8 @@ three are the same batch: K̂ from G Gᵀ and d from the same G. This is the ref
 :class:`GramianMethod`, exact at representation level and across workers. The paper's
 estimator needs the trainer capability described in methods/modo.py.
 
-Defaults: ``lamda`` (λ) 0.3 and ``niter`` 20, LibMTL's defaults; λ is searched. Heads get
+Defaults: ``lamda`` (λ) 0.3 and ``niter`` 20, LibMTL's defaults (``SDMGrad_lamda``,
+``SDMGrad_niter``; its lr 5 and momentum 0.5 are hard-coded there); λ is searched. Heads get
 their own unweighted gradient (the reference back-propagates every task's loss into its
 head and overwrites only the shared gradients).
 """
@@ -45,8 +51,8 @@ from methods.base import GramianMethod, check_int, check_range
 from methods.registry import register
 from methods.space import LogUniform
 
-#: the reference's inner optimiser (torch.optim.SGD(lr=5, momentum=0.5), new every step)
-INNER_LR, INNER_MOMENTUM = 5.0, 0.5
+#: the reference's inner optimiser's momentum (torch.optim.SGD(lr=5, momentum=0.5), new every step)
+INNER_MOMENTUM = 0.5
 
 
 def project_simplex(v: np.ndarray) -> np.ndarray:
@@ -59,8 +65,10 @@ def project_simplex(v: np.ndarray) -> np.ndarray:
     return np.maximum(v - css[rho] / (rho + 1), 0.0)
 
 
-def sdmgrad_iterations(K: np.ndarray, w: np.ndarray, lamda: float, niter: int) -> np.ndarray:
-    """The reference's ``niter`` projected SGD-with-momentum steps on w from ``w``."""
+def sdmgrad_iterations(
+    K: np.ndarray, w: np.ndarray, lamda: float, niter: int, lr: float = 5.0
+) -> np.ndarray:
+    """The reference's ``niter`` projected SGD-with-momentum steps (step size ``lr``) on w."""
     scale = float(np.mean(np.sqrt(np.maximum(np.diag(K), 0.0))))
     Kh = K / (scale**2 + 1e-8)
     lin = lamda * Kh.mean(axis=1)
@@ -68,21 +76,23 @@ def sdmgrad_iterations(K: np.ndarray, w: np.ndarray, lamda: float, niter: int) -
     for _ in range(niter):
         grad = Kh @ w + lin
         buf = grad if buf is None else INNER_MOMENTUM * buf + grad
-        w = project_simplex(w - INNER_LR * buf)
+        w = project_simplex(w - lr * buf)
     return w
 
 
 @dataclass(frozen=True)
 class SDMGradConfig:
     """``lamda``: pull towards the mean gradient (0 = MGDA); ``niter``: projected SGD steps
-    on w per training step."""
+    on w per training step; ``inner_lr``: their step size (the reference's 5)."""
 
     lamda: float = 0.3
     niter: int = 20
+    inner_lr: float = 5.0
 
     def __post_init__(self) -> None:
         check_range("lamda", self.lamda, 0.0)
         check_int("niter", self.niter, 1)
+        check_range("inner_lr", self.inner_lr, 0.0, low_inclusive=False)
 
 
 @register("sdmgrad")
@@ -99,7 +109,8 @@ class SDMGrad(GramianMethod):
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> tuple[Tensor, dict[str, float]]:
         cfg = self.config
-        w = sdmgrad_iterations(gramian.cpu().numpy(), self.w.cpu().numpy(), cfg.lamda, cfg.niter)
+        w = sdmgrad_iterations(gramian.cpu().numpy(), self.w.cpu().numpy(), cfg.lamda, cfg.niter,
+                               cfg.inner_lr)
         self.w.copy_(torch.from_numpy(w))
         T = self.num_tasks
         eff = (self.w + cfg.lamda / T) / (1 + cfg.lamda)
