@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mtlx-installed
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test lint demo bench readme-demo clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,11 @@ demo: venv
 
 bench: venv
 	$(PY) bench/engine_speed.py
+
+# the README's demo table, regenerated from a run of the current code (a few minutes);
+# fails if the committed table differs (bench/readme_demo.py --write updates it)
+readme-demo: venv
+	$(PY) bench/readme_demo.py --check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
