@@ -43,6 +43,7 @@ PROGRESS_COLUMNS = (
     ("metrics_spec", _S), ("stl_reference", _S), ("stl_reference_source", _S),
     ("protocol", _S),  # JSON: a trainer's full environment/algorithm protocol (RL)
     ("started_at", _S), ("finished_at", _S), ("wall_time_s", _F),
+    ("solver_failures", _I),  # steps whose method solve failed (warned once per run)
 )  # fmt: skip
 
 #: where and with what a run was computed (:func:`orchestrator.results.provenance.provenance`)

@@ -385,6 +385,7 @@ class _Loop:
             self.reference = {stl: self.reference[stl]} if stl in self.reference else None
         self.report_split = "test" if "test" in bench.splits else "val"
         self.start_epoch, self.step, self.history = 0, 0, []
+        self.solver_failures = 0  # steps whose method solve failed (info["solver_failed"])
 
     def record_run_info(self) -> None:
         bench, spec = self.bench, self.spec
@@ -411,6 +412,7 @@ class _Loop:
         set_rng_state(state["rng"])
         self.start_epoch, self.step = state["epoch"] + 1, state["step"]
         self.history = list(state["history"])
+        self.solver_failures = int(state.get("solver_failures", 0))
 
     def loader(self, epoch: int | None) -> Any:
         """The train loader of this rank (``epoch``: a fresh one seeded by the epoch)."""
@@ -448,6 +450,8 @@ class _Loop:
             elif plan == "joint":
                 diagnose = diag_every > 0 and self.step % diag_every == 0 and method is not None
                 g, result = self.step_fn.joint(batch, epoch, E, self.step, diagnose)
+                if result is not None:
+                    self.solver_failures += int(result.info.get("solver_failed", 0))
                 if diagnose and result is not None:
                     diag_rows += diagnostic_rows(ctx, tasks, epoch, self.step, result)
             else:
@@ -521,7 +525,7 @@ class _Loop:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "method": None if self.method is None else self.method.state_dict(),
-            "rng": rng_state(), "history": self.history,
+            "rng": rng_state(), "history": self.history, "solver_failures": self.solver_failures,
         })  # fmt: skip
 
     def write_reported(self) -> dict[str, Any]:
@@ -551,6 +555,8 @@ def train_run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
         epoch_start = time.perf_counter()
         if run.method is not None:
             run.method.start_epoch(epoch, E)
+        if hasattr(run.model, "start_epoch"):  # architectures with a schedule (LTB)
+            run.model.start_epoch(epoch, E)
         if not _set_epoch(loader, epoch):  # no set_epoch: a fresh loader seeded by epoch
             loader = run.loader(epoch)
         train_loss, diag_rows = run.train_epoch(loader, epoch, run.steps_in(loader), clock)
@@ -568,7 +574,8 @@ def train_run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
         ctx.write_diagnostics(f"e{epoch:05d}", diag_rows)
         run.scheduler_step(is_eval, score)
         run.checkpoint(epoch)
-        ctx.update_run(epochs_done=epoch + 1, steps_done=run.step)
+        ctx.update_run(epochs_done=epoch + 1, steps_done=run.step,
+                       solver_failures=run.solver_failures)
         ctx.report(report)
         ctx.progress({"kind": "epoch", "label": cfg.label, "epoch": epoch + 1, "epochs": E,
                       "metrics": {k: v for k, v in report.items()
