@@ -1,6 +1,6 @@
 """ExcessMTL — excess-risk weighting ("Robust Multi-Task Learning with Excess Risks").
 
-He, Zhou, Zhang, Yun, Xu, Zeng, Chilimbi, Zhao, ICML 2024,
+He et al., ICML 2024,
 https://openreview.net/forum?id=JzWFmMySpn. Official code: yifei-he/ExcessMTL (a LibMTL
 fork); followed here: LibMTL ``ExcessMTL.py`` (the same code).
 

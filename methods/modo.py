@@ -1,7 +1,7 @@
 """MoDo — multi-objective gradient with double sampling ("Three-Way Trade-Off in
 Multi-Objective Learning: Optimization, Generalization and Conflict-Avoidance").
 
-Chen, Fernando, Ying, Chen, NeurIPS 2023 (JMLR 2024), https://openreview.net/forum?id=yPkbdJxQ0o.
+Chen et al., NeurIPS 2023, https://openreview.net/forum?id=yPkbdJxQ0o.
 Official code: heshandevaka/Trade-Off-MOL; followed here: LibMTL ``MoDo.py`` (a port of it).
 
 MoDo tracks MGDA's simplex weights λ by one projected gradient step per training step on

@@ -1,7 +1,7 @@
 """SDMGrad — stochastic direction-oriented multi-objective gradient descent
 ("Direction-oriented Multi-objective Learning: Simple and Provable Stochastic Algorithms").
 
-Xiao, Ban, Ji, NeurIPS 2023, https://openreview.net/forum?id=4Ks8RPcXd9. Official code:
+Xiao et al., NeurIPS 2023, https://openreview.net/forum?id=4Ks8RPcXd9. Official code:
 OptMN-Lab/sdmgrad; followed here: LibMTL ``SDMGrad.py`` (a port of it).
 
 MGDA's min-norm problem regularised towards the mean gradient g0 = (1/T) Σ_t g_t:

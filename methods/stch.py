@@ -1,7 +1,7 @@
 """STCH — smooth Tchebycheff scalarisation ("Smooth Tchebycheff Scalarization for
 Multi-Objective Optimization").
 
-Lin, Zhang, Zhang, Chen, Zhang, ICML 2024, https://openreview.net/forum?id=m4dO5L6eCp.
+Lin, Zhang, Yang, Liu, Wang, Zhang, ICML 2024, https://openreview.net/forum?id=m4dO5L6eCp.
 Official code: Xi-L/STCH (``STCH_MTL``); followed here: LibMTL ``STCH.py`` (a port of it).
 
 The Tchebycheff scalarisation max_t (f_t − z_t) is replaced by its smooth upper bound

@@ -278,6 +278,21 @@ def test_fairgrad_scaling_and_failure():
     np.testing.assert_allclose(bad.weights.numpy(), [0.5, 0.5])
 
 
+def test_fairgrad_extreme_alpha_is_exact_to_rounding_and_never_accepts_a_divergence():
+    """α = 0.2 on norms 10⁷ apart: w_t^5 (Kw)_t − 1 is beyond float64 for the small task, so
+    the condition is checked to the rounding error of (Kw)_t; improvements stay ≥ 0."""
+    G = np.array([[1e-4, 0.0, 0.0], [-900.0, 400.0, 100.0], [10.0, 30.0, -50.0]])
+    a = agg("fairgrad", G, alpha=0.2)
+    w, K = a.weights.numpy(), G @ G.T
+    assert a.info["solver_failed"] == 0 and (w > 0).all()
+    assert np.all(np.abs(K @ w - w**-5.0) <= 1e-9 * (np.abs(K) @ w) + 1e-6 * w**-5.0)
+    assert (G @ a.direction.numpy()).min() >= -1e-9 * np.abs(K).max() * w.max()
+    # g₀ = −g₁ beside a third task: 0 is in the convex hull, no solution, counted
+    with pytest.warns(RuntimeWarning, match="no solution"):
+        bad = agg("fairgrad", [[1.0, 2.0, 0.0], [-1.0, -2.0, 0.0], [0.0, 0.0, 1.0]], alpha=0.2)
+    assert bad.info["solver_failed"] == 1
+
+
 # ---------------------------------------------------------------------------------------
 # SDMGrad and MoDo (single-batch variants: LibMTL with three identical batches)
 # ---------------------------------------------------------------------------------------
