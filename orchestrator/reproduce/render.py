@@ -30,8 +30,14 @@ def _rep(c: Cmp) -> str:
     return f"{_f(c.mean)} ± {_f(c.std)} (n={c.n})" if c.std is not None else f"{_f(c.mean)} (n=1)"
 
 
-def _pub(v: Value) -> str:
-    return "—" if v.value is None else str(v)
+def _pub(v: Value, decimals: int | None = None) -> str:
+    """A printed value as the paper prints it (its number of decimals, where known)."""
+    if v.value is None:
+        return "—"
+    if decimals is None:
+        return str(v)
+    spread = f" ± {v.spread:.3g}" if v.spread is not None else ""
+    return f"{v.value:.{decimals}f}{spread}"
 
 
 def header(t: Table) -> list[str]:
@@ -53,13 +59,15 @@ def header(t: Table) -> list[str]:
 
 def markdown(cmp: Comparison) -> str:
     t = cmp.table
-    out = header(t) + ["", "| row | method | metric | published | reproduced | diff | diff/std | diff % | verdict |",
+    smoke = [n for n in cmp.notes if "(a smoke run)" in n]
+    out = header(t) + [f"- **{n}**" for n in smoke] + ["", "| row | method | metric | published | reproduced | diff | diff/std | diff % | verdict |",
                        "|---|---|---|---|---|---|---|---|---|"]
     for r in cmp.rows:
         for c, col in zip(r.metrics, t.columns):
             if c.published.value is None and c.mean is None:
                 continue
-            out.append(f"| {r.row.id} | {r.row.label} | {column_label(col)} | {_pub(c.published)} | "
+            out.append(f"| {r.row.id} | {r.row.label} | {column_label(col)} | "
+                       f"{_pub(c.published, None if r.row.per_seed else c.decimals)} | "
                        f"{_rep(c)} | {_f(c.diff)} | {_f(c.z, 3)} | {_f(c.pct, 3)} | {c.verdict} |")
     if t.delta_kind is not None:
         d = delta_name(t)
@@ -68,7 +76,8 @@ def markdown(cmp: Comparison) -> str:
         for r in cmp.rows:
             if r.delta is None:
                 continue
-            out.append(f"| {r.row.id} | {_pub(r.delta.published)} | {_f(r.delta_printed_values)} | "
+            out.append(f"| {r.row.id} | {_pub(r.delta.published, t.delta_decimals)} | "
+                       f"{_f(r.delta_printed_values)} | "
                        f"{_rep(r.delta)} | {_f(r.delta.z, 3)} | {r.verdict} |")
         if cmp.tau is not None:
             out += ["", f"Kendall τ (published vs reproduced {d} order) = {cmp.tau:.3f} over "
