@@ -7,10 +7,15 @@ the single-process batch ``k`` of size ``B·W``, every rank runs the same number
 and (with ``drop_last=True``) every per-rank batch has exactly ``B`` examples — what
 :mod:`methods.engine` needs for its distributed updates to equal the single-process ones.
 
-With ``drop_last=False`` (evaluation) every example appears exactly once over all ranks:
-the final, incomplete global batch of ``r`` examples is split into ``W`` near-equal
-contiguous parts (sizes differ by at most one; a rank whose part is empty skips that step).
-Distributed *training* must therefore use ``drop_last=True``.
+With ``drop_last=False`` (training and evaluation) every example appears exactly once over
+all ranks: the final, incomplete global batch of ``r`` examples is split into ``W``
+near-equal contiguous parts (sizes differ by at most one). Every rank still takes the same
+number of steps: a rank whose part is empty (``r < W``) gets a one-example *pad* batch
+(the chunk's first example) that :func:`shard_sizes` counts as zero examples.
+``shard_sizes(n, B, W, k)`` gives the real per-rank counts of step ``k``; a trainer that
+scales rank ``r``'s (per-example mean) losses by ``W·n_r / N`` before the engine's
+mean-all-reduce gets the mean over the ``N`` examples of the global batch, so a W-worker
+epoch is the single-process epoch, last partial batch included (docs/ray.md §7).
 
 Shuffling: pass ``k`` over the data (the ``k``-th ``iter()`` of a sampler, or the pass set
 with :meth:`ShardedBatchSampler.set_epoch`) uses ``torch.randperm`` under a generator
@@ -70,18 +75,28 @@ def rank_batches(order: torch.Tensor, batch_size: int, rank: int, world_size: in
         q, extra = divmod(len(chunk), world_size)
         lo = rank * q + min(rank, extra)
         part = chunk[lo:lo + q + (1 if rank < extra else 0)]
-        if len(part):
-            out.append(part.tolist())
+        out.append(part.tolist() if len(part) else chunk[:1].tolist())  # empty: a pad batch
     return out
 
 
 def num_rank_batches(n: int, batch_size: int, rank: int, world_size: int, drop_last: bool) -> int:
+    """Steps of one pass; the same on every rank (``rank`` is kept for the signature)."""
+    full, rest = divmod(n, batch_size * world_size)
+    return full + int(rest > 0 and not drop_last)
+
+
+def shard_sizes(n: int, batch_size: int, world_size: int, step: int) -> list[int]:
+    """The real example counts of every rank at ``step`` of a pass over ``n`` examples
+    (``batch_size`` per rank): ``batch_size`` each for a full global batch; the final
+    partial one of ``r`` examples split ``r // W`` (+1 for the first ``r % W`` ranks).
+    A pad batch counts 0. Strided sharding (``DistributedSampler``-like, without padding)
+    gives the same counts."""
     g = batch_size * world_size
-    full, rest = divmod(n, g)
-    if drop_last or rest == 0:
-        return full
+    rest = min(g, max(0, n - step * g))
+    if rest == g:
+        return [batch_size] * world_size
     q, extra = divmod(rest, world_size)
-    return full + int(q + (1 if rank < extra else 0) > 0)
+    return [q + (1 if r < extra else 0) for r in range(world_size)]
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
@@ -110,6 +125,10 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return num_rank_batches(self.n, self.batch_size, self.rank, self.world_size, self.drop_last)
+
+    def shard_sizes(self, step: int) -> list[int]:
+        """Every rank's real example count at ``step`` (:func:`shard_sizes`)."""
+        return shard_sizes(self.n, self.batch_size, self.world_size, step)
 
 
 class CyclingBatchSampler(Sampler[list[int]]):
@@ -143,6 +162,10 @@ class CyclingBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.count
 
+    def shard_sizes(self, step: int) -> list[int]:
+        """Batches are always complete: ``batch_size`` on every rank."""
+        return [self.batch_size] * self.world_size
+
 
 class EpochDataLoader(DataLoader):
     """A ``DataLoader`` over a sharded batch sampler; ``set_epoch(e)`` makes the next
@@ -150,3 +173,11 @@ class EpochDataLoader(DataLoader):
 
     def set_epoch(self, epoch: int) -> None:
         self.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
+
+    def shard_sizes(self, step: int) -> list[int] | None:
+        """Every rank's real example count at ``step`` (None if the sampler cannot say);
+        looks through sampler wrappers that keep the sharded sampler as ``inner``."""
+        sampler = self.batch_sampler
+        while sampler is not None and not hasattr(sampler, "shard_sizes"):
+            sampler = getattr(sampler, "inner", None)
+        return None if sampler is None else sampler.shard_sizes(step)

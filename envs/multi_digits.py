@@ -50,13 +50,15 @@ protocol, seeds 0, 1, 2, mean: left 93.97 %, right 93.53 %) for the default data
 as fractions like the evaluator's output; it is ``None`` when the data options differ from
 the defaults, since the reference then no longer applies.
 
-Loaders (:class:`TensorBatchLoader`) shard like ``torch.utils.data.DistributedSampler``: a
-permutation seeded by ``seed + epoch`` (``set_epoch``), padded by wrapping around (or, with
-``drop_last``, truncated) to a multiple of ``world_size``, rank r taking every
-``world_size``-th index from r; then batches of ``batch_size``. Every rank therefore yields
-the same number of batches with the same sizes — the engine's distributed exactness needs
-that. Padding repeats up to ``world_size − 1`` samples, which a sharded evaluation counts
-twice; evaluate on one rank (or ``world_size=1``) for exact split metrics.
+Loaders (:class:`TensorBatchLoader`) shard like ``torch.utils.data.DistributedSampler``
+without its padding: a permutation seeded by ``seed + epoch`` (``set_epoch``; with
+``drop_last`` truncated to a multiple of ``world_size``), rank r taking every
+``world_size``-th index from r; then batches of ``batch_size``. So step k's batches over the
+ranks are the single-process batch k of ``batch_size · world_size``, and every rank yields
+the same number of batches. Without ``drop_last`` the final partial global batch is split
+as evenly as the stride gives; a rank left without an example gets a one-example pad batch
+that ``shard_sizes`` counts as zero (the trainer weights each rank by its real count,
+``envs._sampling``), so every example counts exactly once.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ from torch import Tensor, nn
 
 import methods
 from envs import architectures
+from envs._sampling import shard_sizes
 from envs.base import Benchmark, Evaluator, Forward, Metric, MTLModel, Protocol, register
 from envs.metrics import Accuracy
 from methods.base import check_int, check_range
@@ -212,10 +215,10 @@ class TensorBatchLoader:
 
     @property
     def per_rank(self) -> int:
-        """Samples each rank sees per epoch."""
+        """Samples this rank sees per epoch (pad batches not counted)."""
         if self.drop_last:
             return self.n // self.world_size
-        return math.ceil(self.n / self.world_size)
+        return math.ceil((self.n - self.rank) / self.world_size)
 
     def set_epoch(self, epoch: int) -> None:
         check_int("epoch", epoch, 0)
@@ -229,22 +232,26 @@ class TensorBatchLoader:
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.arange(self.n)
-        total = self.per_rank * self.world_size
-        if total > self.n:  # pad by wrapping around, as DistributedSampler does
-            reps = math.ceil(total / self.n)
-            order = order.repeat(reps)
+        total = self.n // self.world_size * self.world_size if self.drop_last else self.n
         return order[:total][self.rank :: self.world_size]
 
     def __len__(self) -> int:
         if self.drop_last:
             return self.per_rank // self.batch_size
-        return math.ceil(self.per_rank / self.batch_size)
+        return math.ceil(self.n / (self.batch_size * self.world_size))  # the same on every rank
+
+    def shard_sizes(self, step: int) -> list[int]:
+        """Every rank's real example count at ``step`` (``envs._sampling.shard_sizes``)."""
+        return shard_sizes(self.n, self.batch_size, self.world_size, step)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         idx = self.indices()
         self.epoch += 1
+        pad = torch.zeros(1, dtype=torch.long)  # any real example; it carries no weight
         for b in range(len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
+            if len(sel) == 0:  # this rank's share of the last global batch is empty
+                sel = pad
             yield {k: v.index_select(0, sel) for k, v in self.data.items()}
 
 

@@ -170,6 +170,11 @@ class TrainConfig:
         10, help="log task weights, gradient norms and cosines every k steps (0 = never)",
         valid=_COUNT0,
     )
+    divergence_factor: float | None = _f(
+        help="stop a run (status diverged) when a task's loss exceeds this × its first-step "
+        "loss; None = the trainer's default (supervised: 1e4; RL: off)",
+        valid=Valid(low=1.0, low_open=True),
+    )
 
 
 @dataclass
@@ -260,6 +265,8 @@ class RunConfig:
             "trainer_options": self.trainer_options,
             "train": dataclasses.asdict(self.train),
         }
+        if self.train.divergence_factor is None:  # unset: existing run ids stay the same
+            del ident["train"]["divergence_factor"]
         if self.world_size > 1:
             ident["world_size"] = self.world_size
         for key in ("trial_id", "search_id"):

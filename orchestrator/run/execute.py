@@ -59,9 +59,9 @@ def train_run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
 
     try:
         result = trainer.train(cfg, ctx)
-    except NonFiniteLoss as e:
-        finish("nonfinite", str(e))
-        ctx.progress({"kind": "end", "status": "nonfinite", "message": str(e)})
+    except NonFiniteLoss as e:  # nonfinite, or its subclass Diverged: diverged
+        finish(e.status, str(e))
+        ctx.progress({"kind": "end", "status": e.status, "message": str(e)})
         return summary
     except Exception as e:
         finish("failed", f"{type(e).__name__}: {e}")

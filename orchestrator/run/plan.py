@@ -34,9 +34,9 @@ from orchestrator.results import ResultsStore
 from orchestrator.run.registry import import_plugins, trainer_for
 from orchestrator.trainers.base import data_hint
 
-#: run statuses that are not repeated (``nonfinite``: a deterministic rerun would diverge
-#: again); ``rerun=True`` clears and repeats them
-FINAL = ("finished", "nonfinite")
+#: run statuses that are not repeated (``nonfinite``, ``diverged``: a deterministic rerun
+#: would fail the same way); ``rerun=True`` clears and repeats them
+FINAL = ("finished", "nonfinite", "diverged")
 
 
 def open_benchmark(name: str, data_root: str | None, options: dict[str, Any]) -> envs.Benchmark:

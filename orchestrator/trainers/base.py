@@ -43,6 +43,7 @@ It is registered with :func:`orchestrator.run.registry.register_trainer` and cal
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -71,15 +72,100 @@ class Trainer(Protocol):
 
 
 class NonFiniteLoss(FloatingPointError):
-    """A task's loss became NaN/inf: the run stops (status ``nonfinite``), others continue."""
+    """A task's loss (or, with ``quantity="gradient"``, its gradient) became NaN/inf: the
+    run stops with status :attr:`status`, others continue."""
 
-    def __init__(self, run_id: str, task: str, value: float, epoch: int, step: int) -> None:
+    status = "nonfinite"
+
+    def __init__(self, run_id: str, task: str, value: float, epoch: int, step: int,
+                 quantity: str = "loss") -> None:
         self.task, self.value, self.epoch, self.step = task, value, epoch, step
         super().__init__(
-            f"run {run_id}: the loss of task {task!r} is {value} at epoch {epoch}, step {step}; "
-            "the run is stopped and what was written so far is kept (try a lower learning "
-            "rate or other method hyperparameters)"
+            f"run {run_id}: the {quantity} of task {task!r} is {value} at epoch {epoch}, step "
+            f"{step}; the run is stopped and what was written so far is kept (fix: a lower "
+            "learning rate, e.g. train.lr=..., or other method hyperparameters, then --rerun)"
         )
+
+
+class Diverged(NonFiniteLoss):
+    """A task's loss grew past ``divergence_factor`` × its loss at the first step (status
+    ``diverged``; see docs/protocols.md, "Divergence"). A subclass of :class:`NonFiniteLoss`
+    so that every place that stops a run on a numerical failure stops it on this too."""
+
+    status = "diverged"
+
+    def __init__(self, run_id: str, task: str, value: float, start: float, factor: float,
+                 epoch: int, step: int) -> None:
+        self.task, self.value, self.epoch, self.step = task, value, epoch, step
+        FloatingPointError.__init__(
+            self,
+            f"run {run_id}: the loss of task {task!r} is {value:.4g} at epoch {epoch}, step "
+            f"{step}, more than divergence_factor={factor:g} × its first-step loss "
+            f"{start:.4g}; the run diverged and is stopped (fix: a lower learning rate, e.g. "
+            "train.lr=..., then --rerun; or a larger train.divergence_factor if this growth "
+            "is expected)",
+        )
+
+
+#: ``train.divergence_factor`` when unset, for kinds whose losses should not grow (supervised)
+DIVERGENCE_FACTOR = 1e4
+#: the smallest first-step |loss| the bound is taken relative to (a loss starting at 0)
+DIVERGENCE_FLOOR = 1e-3
+
+
+class DivergenceGuard:
+    """Stops a run whose task loss grows past ``factor`` × max(|first-step loss|, floor).
+
+    ``check`` takes the globally reduced losses of a step (the same on every rank, so every
+    rank stops alike); the first-step losses are part of the checkpoint (:meth:`state_dict`),
+    so a resumed run compares against the same start. ``factor=None`` disables the check."""
+
+    def __init__(self, run_id: str, tasks: Sequence[str], factor: float | None) -> None:
+        self.run_id, self.tasks, self.factor = run_id, list(tasks), factor
+        self.start: list[float] | None = None
+
+    def check(self, losses: torch.Tensor, epoch: int, step: int,
+              names: Sequence[str] | None = None) -> None:
+        if self.factor is None:
+            return
+        names = list(names or self.tasks)
+        values = [abs(float(v)) for v in losses.detach().flatten().cpu()]
+        if self.start is None:
+            self.start = [math.nan] * len(self.tasks)
+        for name, v in zip(names, values):
+            i = self.tasks.index(name)
+            if math.isnan(self.start[i]):
+                self.start[i] = v
+                continue
+            ref = max(self.start[i], DIVERGENCE_FLOOR)
+            if v > self.factor * ref:
+                raise Diverged(self.run_id, name, v, self.start[i], self.factor, epoch, step)
+
+    def state_dict(self) -> list[float] | None:
+        return self.start
+
+    def load_state_dict(self, start: list[float] | None) -> None:
+        self.start = None if start is None else list(start)
+
+
+def is_nonfinite_gradients(e: BaseException) -> bool:
+    """Whether ``e`` is a method's "non-finite per-task gradients" refusal (a ValueError the
+    methods raise when the Gramian or the per-task gradients hold NaN/inf)."""
+    return isinstance(e, ValueError) and "non-finite per-task gradients" in str(e)
+
+
+def first_nonfinite_grad(losses: torch.Tensor, params: Sequence[torch.Tensor]
+                         ) -> tuple[int, float] | None:
+    """(index, squared norm) of the first task whose gradient w.r.t. ``params`` is NaN/inf
+    or whose squared norm overflows its dtype (what makes a Gramian non-finite), None if
+    there is none. One backward per task; only called once a run has already failed."""
+    params = [p for p in params if p.requires_grad]
+    for i in range(losses.numel()):
+        grads = torch.autograd.grad(losses[i], params, retain_graph=True, allow_unused=True)
+        sq = sum(float(g.square().sum()) for g in grads if g is not None)
+        if not math.isfinite(sq):
+            return i, sq
+    return None
 
 
 def _noop(*_: Any, **__: Any) -> None:

@@ -22,9 +22,13 @@ method's or benchmark's name, only on declared capabilities:
 Distributed (W Ray Train workers): the model is *not* wrapped in DDP — the engine reduces
 exactly what each method needs (see ``methods/engine.py``), and the plain gradients of
 ``stl``/sequential steps are mean-all-reduced here. Each worker gets ``batch_size / W`` samples
-of every global batch from ``bench.make_loader(..., rank, world_size, drop_last=True)``,
-which must shard like ``DistributedSampler`` (strided) so that the W shards of a global batch
-are exactly the single-process batch; the last incomplete global batch of an epoch is dropped.
+of every global batch from ``bench.make_loader(..., rank, world_size, drop_last=False)``,
+which must shard so that the W shards of a global batch are exactly the single-process batch
+(``envs._sampling``). The last, partial global batch is kept in every mode, so the number of
+steps never depends on W: its examples are split over the ranks (a rank without any gets a
+pad batch) and each rank's losses are scaled by ``W·n_r/N`` (its share of the N examples,
+from ``loader.shard_sizes(step)``), so the engine's mean over ranks is the mean over the
+global batch — exact for losses that are means over examples (docs/ray.md §7).
 With BatchNorm in the trunk, batch statistics are per worker (as with DDP), so the update
 then equals the single-process one only up to that. Evaluation runs on rank 0 over the whole
 split; the other ranks wait at the next collective.
@@ -114,10 +118,16 @@ def validate(runs: Sequence[RunConfig], bench: envs.Benchmark) -> None:
             "out a validation split); model selection never uses test"
         )
     try:  # opens the data: a missing or malformed root is reported here
-        bench.make_loader("train", t.batch_size // W, shuffle=True, seed=0, rank=0, world_size=W,
-                          drop_last=W > 1)
+        steps = {len(bench.make_loader("train", t.batch_size // W, shuffle=True, seed=0, rank=r,
+                                       world_size=W)) for r in range(W)}
     except (ValueError, OSError) as e:
         raise ConfigError(data_hint(name, r0.data_root, e)) from None
+    if len(steps) > 1:
+        raise ConfigError(
+            f"{name!r}'s training loader gives the {W} ranks different numbers of batches "
+            f"{sorted(steps)}; every rank must take the same steps (fix the benchmark's "
+            "make_loader: envs._sampling.ShardedBatchSampler pads), or use workers=1"
+        )
     try:
         model = bench.build_model(**r0.model_options)
     except (ValueError, TypeError) as e:
@@ -249,6 +259,7 @@ class _Step:
             self.slices.append((names.get(id(p), f"shared.{len(self.slices)}"), off, p.shape))
             off += p.numel()
         self.stl_index = self.tasks.index(cfg.stl_task) if cfg.stl_task is not None else None
+        self.share: float | None = None  # this rank's loss scale W·n_r/N at the current step
 
     # -- forward --------------------------------------------------------------------------
     def forward(self, batch: Any, task: str | None = None) -> Forward:
@@ -261,6 +272,11 @@ class _Step:
         losses = torch.stack([f.losses[i] for i, f in enumerate(fwds)])
         return Forward(losses=losses, rep=None,
                        outputs={t: f.outputs[t] for t, f in zip(self.tasks, fwds)})
+
+    def train_forward(self, batch: Any, task: str | None = None) -> Tensor:
+        """This rank's training losses, scaled by its share of the global batch."""
+        losses = self.forward(batch, task).losses
+        return losses if self.share is None else losses * self.share
 
     def global_losses(self, losses: Tensor, epoch: int, step: int,
                       names: Sequence[str] | None = None) -> Tensor:
@@ -276,6 +292,8 @@ class _Step:
         opt, method = self.optimizer, self.method
         opt.zero_grad(set_to_none=True)
         fwd = self.forward(batch)
+        if self.share is not None:
+            fwd = dataclasses.replace(fwd, losses=fwd.losses * self.share)
         g = self.global_losses(fwd.losses, epoch, step)
         result = None
         if self.stl_index is not None:
@@ -296,7 +314,7 @@ class _Step:
         opt.step()
         if method is not None and method.uses_after_step:
             with torch.no_grad():
-                new = self.forward(batch).losses
+                new = self.train_forward(batch)
             self.global_losses(new, epoch, step)  # the same non-finite check on every rank
             engine.after_step(method, new)  # averages over ranks, then method.after_step
         return g, result
@@ -307,7 +325,7 @@ class _Step:
         params = list(self.model.parameters())
         for i, task in enumerate(self.tasks):
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.forward(batch, task=task).losses[i]
+            loss = self.train_forward(batch, task=task)[i]
             out[i] = float(self.global_losses(loss.reshape(1), epoch, step, [task])[0])
             loss.backward()
             _all_reduce_grads_(params, self.world)
@@ -419,8 +437,16 @@ class _Loop:
         world = self.ctx.world_size
         seed = self.cfg.seed + (epoch or 0)
         return self.bench.make_loader("train", self.t.batch_size // world, shuffle=True,
-                                      seed=seed, rank=self.ctx.rank, world_size=world,
-                                      drop_last=world > 1)
+                                      seed=seed, rank=self.ctx.rank, world_size=world)
+
+    def share(self, loader: Any, step: int) -> float | None:
+        """This rank's loss scale ``W·n_r/N`` at ``step`` (None when the shares are equal)."""
+        world = self.ctx.world_size
+        sizes = getattr(loader, "shard_sizes", None)
+        sizes = sizes(step) if world > 1 and callable(sizes) else None
+        if not sizes or len(set(sizes)) == 1:
+            return None
+        return world * sizes[self.ctx.rank] / sum(sizes)
 
     def steps_in(self, loader: Any) -> int:
         n_steps = len(loader)
@@ -444,6 +470,7 @@ class _Loop:
             if i >= n_steps:
                 break
             batch = self.bench.to_device(batch, ctx.device)
+            self.step_fn.share = self.share(loader, i)
             plan = "joint" if method is None else method.plan_step(epoch, E)
             if plan == "sequential":
                 g = self.step_fn.sequential(batch, epoch, self.step)

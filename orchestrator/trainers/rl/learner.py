@@ -17,7 +17,12 @@ import envs
 import methods
 from methods.base import Method, StepContext
 from orchestrator.config import RunConfig
-from orchestrator.trainers.base import RunContext, diagnostic_rows
+from orchestrator.trainers.base import (
+    RunContext,
+    diagnostic_rows,
+    first_nonfinite_grad,
+    is_nonfinite_gradients,
+)
 from orchestrator.trainers.rl.config import LOSSES, SACConfig, sac_config
 from orchestrator.trainers.rl.networks import Actor, TwinQ
 from orchestrator.trainers.rl.replay import Batch, per_task_mean
@@ -180,8 +185,15 @@ class SACLearner:
         if bad:
             raise NonFiniteSACLoss(kind, bad[0], float(losses[bad[0]]))
         opt.zero_grad(set_to_none=True)
-        res = methods.backward(method, losses, params, context=StepContext(step=self.updates),
-                               diagnostics=diagnostics)
+        try:
+            res = methods.backward(method, losses, params, context=StepContext(step=self.updates),
+                                   diagnostics=diagnostics)
+        except ValueError as e:
+            if not is_nonfinite_gradients(e):
+                raise
+            bad_grad = first_nonfinite_grad(loss_fn(), params)
+            task, value = bad_grad if bad_grad else (0, math.nan)
+            raise NonFiniteSACLoss(f"{kind} (squared gradient norm)", task, value) from None
         opt.step()
         if method.uses_after_step:  # e.g. FAMO: the same batch's losses after the step
             with torch.no_grad():
