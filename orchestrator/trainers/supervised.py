@@ -71,11 +71,15 @@ from methods.engine import resolve_level, validate_head_update
 from orchestrator.config import STL, ConfigError, RunConfig, TrainConfig
 from orchestrator.results import dumps
 from orchestrator.trainers.base import (
+    DIVERGENCE_FACTOR,
+    DivergenceGuard,
     NonFiniteLoss,
     RunContext,
     all_reduce_mean_,
     data_hint,
     diagnostic_rows,
+    first_nonfinite_grad,
+    is_nonfinite_gradients,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -311,6 +315,10 @@ class _Step:
             except FloatingPointError as e:  # e.g. log of a zero loss in a loss transform
                 raise NonFiniteLoss(self.cfg.run_id, f"transformed ({e})", math.nan, epoch,
                                     step) from None
+            except ValueError as e:
+                if not is_nonfinite_gradients(e):
+                    raise
+                raise self.gradient_failure(batch, epoch, step) from None
         opt.step()
         if method is not None and method.uses_after_step:
             with torch.no_grad():
@@ -318,6 +326,15 @@ class _Step:
             self.global_losses(new, epoch, step)  # the same non-finite check on every rank
             engine.after_step(method, new)  # averages over ranks, then method.after_step
         return g, result
+
+    def gradient_failure(self, batch: Any, epoch: int, step: int) -> NonFiniteLoss:
+        """The :class:`NonFiniteLoss` naming the first task whose gradient is NaN/inf (the
+        model is unchanged: the method refused before the optimiser step)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        bad = first_nonfinite_grad(self.forward(batch).losses, self.shared)
+        task, value = (self.tasks[bad[0]], bad[1]) if bad else ("(their combination)", math.nan)
+        return NonFiniteLoss(self.cfg.run_id, task, value, epoch, step,
+                             quantity="squared gradient norm")
 
     def sequential(self, batch: Any, epoch: int, step: int) -> Tensor:
         """One optimiser step per task on the same batch (``plan_step == "sequential"``)."""
@@ -403,6 +420,8 @@ class _Loop:
             self.reference = {stl: self.reference[stl]} if stl in self.reference else None
         self.report_split = "test" if "test" in bench.splits else "val"
         self.start_epoch, self.step, self.history = 0, 0, []
+        factor = self.t.divergence_factor or DIVERGENCE_FACTOR
+        self.guard = DivergenceGuard(cfg.run_id, self.tasks if stl is None else [stl], factor)
         self.solver_failures = 0  # steps whose method solve failed (info["solver_failed"])
 
     def record_run_info(self) -> None:
@@ -430,6 +449,7 @@ class _Loop:
         set_rng_state(state["rng"])
         self.start_epoch, self.step = state["epoch"] + 1, state["step"]
         self.history = list(state["history"])
+        self.guard.load_state_dict(state.get("divergence_start"))
         self.solver_failures = int(state.get("solver_failures", 0))
 
     def loader(self, epoch: int | None) -> Any:
@@ -484,6 +504,10 @@ class _Loop:
             else:
                 raise ValueError(f"{cfg.method}.plan_step returned {plan!r}; expected 'joint' "
                                  "or 'sequential'")
+            if cfg.stl_task is None:
+                self.guard.check(g, epoch, self.step)
+            else:
+                self.guard.check(g[tasks.index(cfg.stl_task)], epoch, self.step, [cfg.stl_task])
             loss_sum += g.double().to(ctx.device)
             self.step += 1
             clock["steps"] += 1
@@ -552,7 +576,8 @@ class _Loop:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "method": None if self.method is None else self.method.state_dict(),
-            "rng": rng_state(), "history": self.history, "solver_failures": self.solver_failures,
+            "rng": rng_state(), "history": self.history,
+            "divergence_start": self.guard.state_dict(), "solver_failures": self.solver_failures,
         })  # fmt: skip
 
     def write_reported(self) -> dict[str, Any]:
