@@ -7,7 +7,8 @@
   per metric, Δm/Δp, Kendall τ, verdicts, Markdown/CSV/plot;
 * :mod:`orchestrator.reproduce.cli` — ``mtlx reproduce`` and ``mtlx report --against``.
 
-The format and the verdict rule are described in ``docs/reproduce.md``.
+The table format is described in ``docs/reproduce.md §Table format``, the verdict rule in
+``docs/reproduce.md §The comparison and the verdict rule``; Δm/Δp in ``docs/delta_m.md``.
 """
 
 from orchestrator.reproduce.tables import Table, TableError, get_table, load_all, load_table

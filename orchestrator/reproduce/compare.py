@@ -7,9 +7,9 @@ value, and a verdict; for the table's Δ (Δm or Δp): the printed value, the va
 from the printed metrics, and the reproduced per-seed Δ's mean ± std; the Kendall τ between
 the published and reproduced Δ order of the rows.
 
-The verdict rule (``docs/reproduce.md``): with σ the seed standard deviation of the
-reproduction — or the paper's own spread as a std (SEM × √seeds) when it prints a larger one
-— and r half a unit of the last printed digit,
+The verdict rule (``docs/reproduce.md §The comparison and the verdict rule``): with σ the seed
+standard deviation of the reproduction — or the paper's own spread as a std (SEM × √seeds)
+when it prints a larger one — and r half a unit of the last printed digit,
 
     within noise   if |reproduced mean − published| ≤ 2σ + r
     better / worse otherwise, by the metric's direction

@@ -1,17 +1,17 @@
 """Published tables as data: the YAML format, the loader and its validation.
 
-One file per table under ``orchestrator/reproduce/tables/`` (the format is described in
-``docs/reproduce.md``). :func:`load_table` parses a file into a :class:`Table` and checks it
-against the live registries before anything runs:
+One file per table under ``orchestrator/reproduce/tables/`` (the format:
+``docs/reproduce.md §Table format``). :func:`load_table` parses a file into a :class:`Table`
+and checks it against the live registries before anything runs:
 
 * the benchmark exists (``envs.available()``) and every column names one of its metrics
   (tables whose benchmark or metrics mtlx lacks say so in ``needs`` and are loaded with
   their own column directions, listed by ``mtlx reproduce --list`` as not expressible);
 * every method is an mtlx method (``methods.available()``, or ``stl``) and its
   hyperparameters are accepted by ``methods.create`` — except on rows that declare
-  ``needs`` (an option mtlx does not have yet, e.g. a method-independent log transform):
-  such a row is kept and reported as "not expressible yet", and becomes expressible by
-  itself once ``methods.create`` accepts it;
+  ``needs`` (an option, method or network mtlx does not have yet): such a row is kept,
+  never run, and reported as "not expressible yet"; once ``methods.create`` accepts its
+  hyperparameters the listing says so, and dropping ``needs`` puts it in the grid;
 * every row has one value per column (number, ``null`` = not printed, ``"v ± s"``), or
   ``per_seed`` lists of that length; the Δ reference row exists.
 
