@@ -80,7 +80,7 @@ class ExcessMTL(Method):
                 )
             self.grad_sq_sum = torch.zeros_like(G)
         self.grad_sq_sum += G * G
-        e = (G * G / torch.sqrt(self.grad_sq_sum + EPS)).sum(dim=1)
+        e = (G * G / torch.sqrt(self.grad_sq_sum + EPS)).sum(dim=1).to(self.loss_weight)
         if not torch.isfinite(e).all():
             raise ValueError(f"excess_mtl: non-finite excess-risk estimates {e.tolist()}")
         return e
@@ -95,7 +95,7 @@ class ExcessMTL(Method):
         else:
             a = self.loss_weight * torch.exp(e / self.initial * self.config.robust_step_size)
             self.loss_weight.copy_(self.num_tasks * a / a.sum())
-        w = self.loss_weight.to(grads.dtype)
+        w = self.loss_weight.to(grads)  # dtype and device of the gradients
         info = {f"excess_{t}": float(v) for t, v in enumerate(e)}
         return Aggregation(direction=w @ grads, weights=w.to(losses.dtype), info=info)
 

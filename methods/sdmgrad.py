@@ -34,8 +34,9 @@ estimator needs the trainer capability described in methods/modo.py.
 
 Defaults: ``lamda`` (λ) 0.3 and ``niter`` 20, LibMTL's defaults (``SDMGrad_lamda``,
 ``SDMGrad_niter``; its lr 5 and momentum 0.5 are hard-coded there); λ is searched. Heads get
-their own unweighted gradient (the reference back-propagates every task's loss into its
-head and overwrites only the shared gradients).
+their own unweighted gradient (the reference back-propagates every task's loss, on each of
+its three batches, into its head — a sum of three — and overwrites only the shared
+gradients).
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ class STCH(LossWeighting):
 
     def weights(self, losses: Tensor) -> Tensor:
         check_positive_losses(self.name, losses)
-        L = losses.detach().to(torch.float64)
+        L = losses.detach().to(self.loss_sum)  # the buffers' device and float64
         warm = self.config.warmup_epochs
         if self.epoch <= warm:
             if self.epoch == warm:
