@@ -96,6 +96,17 @@ def test_each_new_method_trains_through_the_engine(name):
         assert res.info.get("solver_failed", 0.0) == 0.0
 
 
+@pytest.mark.parametrize("name", ["upgrad", "dualproj", "fairgrad", "sdmgrad", "modo"])
+def test_gramian_entry_point_gives_the_same_weights(name):
+    """What rep-level and distributed training rely on: the weights from K alone (the engine's
+    all-reduced Gramian) equal those from G, step after step for the stateful ones."""
+    a, b = methods.create(name, 3), methods.create(name, 3)
+    for k in range(3):
+        G = G3 * (1 + 0.3 * k)
+        w, _ = b.weights_from_gramian(torch.from_numpy(G @ G.T), torch.ones(3, dtype=DT))
+        torch.testing.assert_close(agg(name, G, method=a).weights, w, rtol=1e-12, atol=1e-15)
+
+
 # ---------------------------------------------------------------------------------------
 # UPGrad and DualProj: projections onto the dual cone {x : Gx ≥ 0}
 # ---------------------------------------------------------------------------------------
