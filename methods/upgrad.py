@@ -34,8 +34,8 @@ the trace is below ``norm_eps``: then d is the mean gradient) and adds ``reg_eps
 does not need them, so its defaults are 0, the exact projection of the paper; the
 regularisation would loosen the non-conflict guarantee to (Kw)_t ≥ −reg_eps·tr(K)·v_t.
 ``upgrad(norm_eps=1e-4, reg_eps=1e-4)`` reproduces TorchJD's defaults (pinned in
-tests/test_methods_new.py). TorchJD's ``pref_vector`` (u = p_i e_i) is not offered: its
-default, the mean, is what the paper evaluates.
+tests/test_methods_new.py). TorchJD's ``pref_vector`` (u = p_i e_i) is not offered; mtlx uses
+its default, the mean. No hyperparameter is tuned (no search space).
 
 Heads: TorchJD aggregates the Jacobian of the shared parameters only; mtlx gives each head its
 own unweighted gradient (as LibMTL's port does). Weights depend on G only through K, so this
