@@ -27,8 +27,8 @@ mini-batches per step (ζ, ξ₁, ξ₂): the w-iterations use the cross-Gramian
 (an unbiased estimate of the true K; one batch's G Gᵀ is biased by the gradients'
 covariance, which enlarges the noisy tasks' diagonal entries and so lowers their weight)
 and the update is built from G_ζ (independent of w). mtlx's trainers hand a method one batch
-per step, so here all three are the same batch: K̂ from G Gᵀ and d from the same G. This is the reference with
-ζ = ξ₁ = ξ₂ (pinned against LibMTL in tests/test_methods_new.py) and a
+per step, so here all three are the same batch: K̂ from G Gᵀ and d from the same G. This is
+the reference with ζ = ξ₁ = ξ₂ (pinned against LibMTL in tests/test_methods_new.py) and a
 :class:`GramianMethod`, exact at representation level and across workers. The paper's
 estimator needs the trainer capability described in methods/modo.py.
 
