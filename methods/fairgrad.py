@@ -27,15 +27,16 @@ converge, the weights are 1/T (the mean gradient, the reference's start),
 ``info["solver_failed"]`` is 1 and a warning is issued once.
 
 Defaults: ``alpha = 1.0`` (LibMTL's ``FairGrad_alpha`` default); α is the knob the paper
-varies per benchmark, so it is searched, over [0.5, 2]: there the solver converges on every
-ill-scaled input of tests/test_methods_solver_fidelity.py (task norms 10⁻⁴…10³ apart, cond(K)
-up to 1e12), and on all of them for α down to 0.2; at α = 0.1, 3, 5, 10 some stall (counted and warned,
-never silent). ``max_iter`` (100) caps the Newton iterations.
+varies per benchmark, so it is searched, over [0.5, 2]. On every ill-scaled input of
+tests/test_methods_solver_fidelity.py (task norms 10⁻⁴…10³ apart, cond(K) up to 1e12) the
+solver converges for α in [0.2, 2]; at α = 0.1, 3, 5 and 10 some of them stall (counted and
+warned, never silent). ``max_iter`` (100) caps the Newton iterations.
 
 Heads: the reference back-propagates Σ_t w_t L_t, so heads are w-weighted
-(``default_head_update = "weighted"``). The reference refuses representation gradients; the weights depend on G only through K, so mtlx offers
-``level="rep"`` as an option (parameter level is the default) and runs exactly across
-workers. Not clipped (the reference does not clip).
+(``default_head_update = "weighted"``). The reference refuses representation gradients; the
+weights depend on G only through K, so mtlx offers ``level="rep"`` as an option (parameter
+level is the default) and runs exactly across workers. Not clipped (the reference does not
+clip).
 """
 
 from __future__ import annotations
