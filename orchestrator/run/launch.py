@@ -19,6 +19,14 @@ the rest (each resumes from its checkpoint if it has one):
 A local Ray is started (and stopped) by the command unless one is running or
 ``ray_address`` names a cluster. Ray's own output is hidden unless ``verbose``.
 
+Node loss (docs/ray.md §8): everything that must outlive a worker node — the progress sink
+actor and the zero-CPU task that drives a Ray Train fit (and with it Train's controller,
+which Ray places on the node of its caller) — is pinned to the driver's node. A run whose
+node dies is retried from its last checkpoint: Ray task retries for ``workers=1`` (system
+failures only; a Python exception is not retried), Train worker-group restarts for W ≥ 2.
+The budget is ``max_failures``; on a multi-node cluster a budget of 0 becomes
+:data:`CLUSTER_RETRIES` (``max_failures=-1`` retries without limit).
+
 Measured on the shared 2-core development machine (other jobs kept its load at 3-4), the
 default method set × 2 seeds × 3 epochs of multi_digits (18 runs): ``workers=0`` 66 s,
 ``workers=1`` 82 s including ~12 s of Ray start-up — with no idle core, running two at a time
@@ -32,6 +40,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +51,9 @@ from orchestrator.run.execute import train_run
 from orchestrator.run.plan import plan
 from orchestrator.run.progress import ProgressBoard, ProgressSink
 from orchestrator.trainers.base import local_context
+
+#: retries of a run whose node died, on a multi-node cluster when ``max_failures`` is 0
+CLUSTER_RETRIES = 2
 
 
 @dataclass
@@ -163,25 +175,95 @@ def init_ray(address: str | None = None, verbose: bool = False, **kwargs: Any) -
     return True
 
 
-def _capacity(exp: ExperimentConfig, resources: dict[str, float]) -> int:
-    """How many runs fit at once; ``ConfigError`` if not even one does."""
+def retry_budget(max_failures: int, ray_address: str | None, nodes: int) -> int:
+    """Retries of a run whose node died: ``max_failures``, or :data:`CLUSTER_RETRIES` when
+    it is 0 and the command is connected to a cluster (an address, or several nodes)."""
+    if max_failures != 0:
+        return max_failures
+    return CLUSTER_RETRIES if ray_address is not None or nodes > 1 else 0
+
+
+def driver_node_strategy() -> Any:
+    """Ray scheduling that keeps an actor or task on this driver's node (hard affinity):
+    what must outlive worker nodes goes there."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
+def _need(exp: ExperimentConfig) -> tuple[int, float, float]:
+    """(workers, CPUs, GPUs) of one run."""
     W = max(1, exp.workers)
-    need_cpu = W * exp.cpus_per_worker
-    need_gpu = W * exp.gpus_per_worker
-    have_cpu, have_gpu = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    if need_cpu > have_cpu or need_gpu > have_gpu:
-        raise ConfigError(
-            f"one run needs {need_cpu} CPUs and {need_gpu} GPUs ({W} worker(s) × "
-            f"{exp.cpus_per_worker} CPU, {exp.gpus_per_worker} GPU), but the Ray cluster has "
-            f"{have_cpu:g} CPUs and {have_gpu:g} GPUs; fix: fewer workers, cpus_per_worker or "
-            "gpus_per_worker, or a bigger cluster"
-        )
-    n = int(have_cpu // need_cpu)
+    return W, W * exp.cpus_per_worker, W * exp.gpus_per_worker
+
+
+def _fits(exp: ExperimentConfig, resources: dict[str, float]) -> int:
+    """How many runs fit at once in ``resources`` (at most ``max_concurrent``)."""
+    _, need_cpu, need_gpu = _need(exp)
+    n = int(resources.get("CPU", 0.0) // need_cpu) if need_cpu > 0 else 1 << 30
     if need_gpu > 0:
-        n = min(n, int(have_gpu // need_gpu))
-    if exp.max_concurrent is not None:
-        n = min(n, exp.max_concurrent)
-    return max(1, n)
+        n = min(n, int(resources.get("GPU", 0.0) // need_gpu))
+    return n if exp.max_concurrent is None else min(n, exp.max_concurrent)
+
+
+def _capacity(exp: ExperimentConfig, resources: dict[str, float],
+              maximum: dict[str, float] | None = None) -> int:
+    """How many runs fit at once in the largest the cluster can be: ``resources`` (what is
+    up now) or, with an autoscaler, ``maximum`` (what its node types can grow to);
+    ``ConfigError`` if not even one run fits at that size."""
+    largest = dict(resources)
+    for key, value in (maximum or {}).items():
+        largest[key] = max(largest.get(key, 0.0), value)
+    n = _fits(exp, largest)
+    if n < 1:
+        W, need_cpu, need_gpu = _need(exp)
+        where = ("the Ray cluster at its maximum size (the autoscaler's node types)"
+                 if maximum else "the Ray cluster (no autoscaler)")
+        raise ConfigError(
+            f"one run needs {need_cpu} CPUs and {need_gpu:g} GPUs ({W} worker(s) × "
+            f"{exp.cpus_per_worker} CPU, {exp.gpus_per_worker:g} GPU), but {where} has "
+            f"{largest.get('CPU', 0.0):g} CPUs and {largest.get('GPU', 0.0):g} GPUs; fix: fewer "
+            "workers, cpus_per_worker or gpus_per_worker, or a bigger cluster"
+        )
+    return n
+
+
+#: refuse runs still waiting for the autoscaler after this many seconds (None: wait on)
+RESOURCE_TIMEOUT_S: float | None = None
+
+
+class _Scaling:
+    """Runs waiting for the cluster to grow: asks the autoscaler for their resources, says
+    so on the progress line when the count changes, and gives up after ``timeout_s``."""
+
+    def __init__(self, exp: ExperimentConfig, board: ProgressBoard, autoscaler: bool,
+                 timeout_s: float | None) -> None:
+        self.exp, self.board, self.autoscaler, self.timeout_s = exp, board, autoscaler, timeout_s
+        self.shown, self.since = 0, None
+        W, cpu, gpu = _need(exp)
+        self.bundle = {"CPU": float(exp.cpus_per_worker), **({"GPU": exp.gpus_per_worker}
+                                                              if gpu else {})}
+        self.what = f"{gpu:g} GPU each" if gpu else f"{cpu:g} CPU{'s' * (cpu != 1)} each"
+
+    def update(self, waiting: int, wanted: int) -> None:
+        """``waiting`` runs cannot start in what is up now; ``wanted`` runs should run."""
+        if waiting != self.shown:
+            if waiting:
+                self.board.note(f"waiting for resources: {waiting} run"
+                                f"{'s' * (waiting != 1)} pending (need {self.what})")
+            if self.autoscaler:
+                from ray.autoscaler.sdk import request_resources
+
+                request_resources(bundles=[self.bundle] * (max(1, self.exp.workers) * wanted))
+            self.shown = waiting
+            self.since = time.monotonic() if waiting else None
+        if waiting and self.timeout_s is not None and time.monotonic() - self.since > self.timeout_s:
+            raise ConfigError(
+                f"{waiting} run(s) waited more than {self.timeout_s:g} s for resources "
+                f"({self.what}) that the cluster did not provide; fix: a bigger cluster, or "
+                "check the autoscaler (ray status)"
+            )
 
 
 def _run_ray(exp: ExperimentConfig, todo: list[RunConfig], board: ProgressBoard,
@@ -190,29 +272,49 @@ def _run_ray(exp: ExperimentConfig, todo: list[RunConfig], board: ProgressBoard,
 
     started = init_ray(exp.ray_address, exp.verbose)
     try:
-        capacity = _capacity(exp, ray.cluster_resources())
-        sink = ray.remote(num_cpus=0)(ProgressSink).remote()
+        from orchestrator.run.ray_compat import autoscaler_max_resources
+
+        maximum = autoscaler_max_resources()
+        capacity = _capacity(exp, ray.cluster_resources(), maximum)
+        scaling = _Scaling(exp, board, maximum is not None, RESOURCE_TIMEOUT_S)
+        alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+        retries = retry_budget(exp.max_failures, exp.ray_address, alive)
+        on_driver = driver_node_strategy()
+        sink = ray.remote(num_cpus=0)(ProgressSink).options(
+            scheduling_strategy=on_driver).remote()
         if exp.workers == 1:
             remote = ray.remote(_task_entry).options(
-                num_cpus=exp.cpus_per_worker, num_gpus=exp.gpus_per_worker, max_retries=0)
+                num_cpus=exp.cpus_per_worker, num_gpus=exp.gpus_per_worker,
+                max_retries=retries, retry_exceptions=False)
 
             def submit(r: RunConfig):
                 return remote.remote(r, sink)
         else:
-            remote = ray.remote(_fit_entry).options(num_cpus=0, max_retries=0)
+            remote = ray.remote(_fit_entry).options(num_cpus=0, max_retries=0,
+                                                    scheduling_strategy=on_driver)
 
             def submit(r: RunConfig):
-                return remote.remote(r, sink, exp.max_failures)
+                return remote.remote(r, sink, retries)
 
         queue = list(todo)
         pending: dict[Any, RunConfig] = {}
         outcomes = []
         try:
             while queue or pending:
-                while queue and len(pending) < capacity:
+                # Ray queues tasks until their node exists, but a Train fit gives up on a
+                # worker group it cannot place: submit fits only when they fit now
+                now = _fits(exp, ray.cluster_resources())
+                limit = capacity if exp.workers == 1 else min(capacity, now)
+                while queue and len(pending) < limit:
                     r = queue.pop(0)
                     pending[submit(r)] = r
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.25)
+                wanted = min(capacity, len(pending) + len(queue))
+                scaling.update(max(0, wanted - now), wanted)
+                if pending:
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.25)
+                else:  # every fit waits for the cluster to grow
+                    ready = []
+                    time.sleep(0.25)
                 for ev in ray.get(sink.drain.remote()):
                     handle(ev)
                 for ref in ready:

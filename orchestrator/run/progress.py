@@ -71,6 +71,10 @@ class ProgressBoard:
         self._print(line)
         self._draw()
 
+    def note(self, text: str) -> None:
+        """A line about the whole invocation (e.g. runs waiting for the cluster to grow)."""
+        self._print(text)
+
     def close(self) -> None:
         self._clear()
 

@@ -89,6 +89,21 @@ def report_callback(transform: Callable[[Mapping[str, Any]], dict[str, Any]]) ->
     return TransformingReportCallback()
 
 
+def autoscaler_max_resources() -> dict[str, float] | None:
+    """The most of each resource the cluster can grow to (Σ over the autoscaler's node types
+    of ``max_workers`` × the type's resources, capped by the cluster's ``max_resources``),
+    or None when the cluster has no autoscaler. Ray 2.60 has no public API for this; the
+    autoscaler publishes its node types in the GCS and Ray Data reads them through
+    ``ray._private.state.state.get_max_resources_from_cluster_config`` — so does mtlx."""
+    from ray._private.state import state
+
+    try:
+        found = state.get_max_resources_from_cluster_config()
+    except Exception:  # an older/newer GCS layout: behave as without an autoscaler
+        return None
+    return None if not found else {k: float(v) for k, v in found.items()}
+
+
 def validate_cluster_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A cluster launcher config (``ray up`` YAML, parsed) after Ray's own defaults and
     schema validation, offline; raises on unknown keys or an invalid head node type. Ray has

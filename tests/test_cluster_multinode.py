@@ -1,0 +1,93 @@
+"""Cluster-grade scheduling: feasibility against what an autoscaling cluster can grow to, the
+retry budget, and the multi-node scenarios of ``tests/cluster_scenarios.py`` on a real Ray
+cluster of several raylets on this machine (run in its own process: it never meets the test
+session's Ray; it stops only the cluster it started)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator.config import ConfigError, experiment_from_dict
+from orchestrator.results import read_table
+from orchestrator.run import launch
+from orchestrator.run.progress import ProgressBoard
+
+
+def _exp(**kw):
+    return experiment_from_dict(dict(benchmark="multi_digits", methods=["ew"], seeds=[0], **kw))
+
+
+def test_feasibility_is_judged_against_the_autoscalers_maximum():
+    gpu = _exp(workers=1, gpus_per_worker=1.0)
+    up_now = {"CPU": 4.0}  # a head node; the GPU workers are min_workers: 0
+    with pytest.raises(ConfigError, match="no autoscaler"):
+        launch._capacity(gpu, up_now)
+    assert launch._capacity(gpu, up_now, {"CPU": 36.0, "GPU": 4.0}) == 4
+    with pytest.raises(ConfigError, match="maximum size"):
+        launch._capacity(_exp(workers=2, gpus_per_worker=4.0), up_now, {"CPU": 36.0, "GPU": 4.0})
+    assert launch._capacity(_exp(workers=2, max_concurrent=3), {"CPU": 16.0}) == 3
+
+
+def test_waiting_runs_are_shown_and_refused_after_the_timeout():
+    stream = io.StringIO()
+    board = ProgressBoard(3, stream, tty=False)
+    s = launch._Scaling(_exp(workers=1, gpus_per_worker=1.0), board, autoscaler=False,
+                        timeout_s=None)
+    s.update(3, 3)
+    s.update(3, 3)  # shown once per change
+    s.update(0, 3)
+    assert stream.getvalue() == "waiting for resources: 3 runs pending (need 1 GPU each)\n"
+    s = launch._Scaling(_exp(workers=2), board, autoscaler=False, timeout_s=0.0)
+    with pytest.raises(ConfigError, match="waited more than 0 s"):
+        s.update(1, 1)
+        s.update(1, 1)
+
+
+def test_retry_budget_is_above_zero_on_a_cluster():
+    assert launch.retry_budget(0, None, 1) == 0  # this machine only
+    assert launch.retry_budget(0, None, 3) == launch.CLUSTER_RETRIES > 0
+    assert launch.retry_budget(0, "auto", 1) == launch.CLUSTER_RETRIES
+    assert launch.retry_budget(5, None, 3) == 5 and launch.retry_budget(-1, "auto", 1) == -1
+
+
+def _same_metrics(root: Path, a: str, b: str) -> None:
+    m = read_table(root, "metrics")
+    keys = ["split", "epoch", "task", "metric"]
+    ma = m[(m.run_id == a) & (m.metric != "epoch_time_s")].set_index(keys).sort_index()
+    mb = m[(m.run_id == b) & (m.metric != "epoch_time_s")].set_index(keys).sort_index()
+    assert list(ma.index) == list(mb.index) and len(ma) > 0
+    torch.testing.assert_close(torch.tensor(mb.value.to_numpy()), torch.tensor(ma.value.to_numpy()),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.timeout(1500)
+def test_multinode_cluster_exactness_and_node_loss(tmp_path):
+    pytest.importorskip("ray")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "tests.cluster_scenarios", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=1400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads((tmp_path / "scenarios.json").read_text())
+    print(json.dumps(res, indent=1))
+    # W=2 on two different worker nodes (the head has no CPU) == --workers 0
+    ex = res["exact"]
+    assert ex["status"] == ["finished", "finished"], ex["errors"]
+    assert len(ex["worker_nodes"]) == 2 and res["head_node"] not in ex["worker_nodes"]
+    runs = read_table(tmp_path / "exact", "runs").set_index("run_id")
+    assert runs.loc[ex["run_ids"]["w2"], "steps_done"] == runs.loc[ex["run_ids"]["w0"], "steps_done"]
+    _same_metrics(tmp_path / "exact", ex["run_ids"]["w0"], ex["run_ids"]["w2"])
+    # a node hosting a Train worker killed after the first checkpoint, a fresh one added
+    nl = res["node_loss"]
+    assert nl["status"] == ["finished", "finished"], nl["errors"]
+    assert nl["checkpoint_epoch_at_kill"] is not None and nl["checkpoint_epoch_at_kill"] < 5
+    assert nl["workers_started"] == 4  # the worker group was restarted once
+    _same_metrics(tmp_path / "node_loss", nl["run_ids"]["w0"], nl["run_ids"]["w2"])
