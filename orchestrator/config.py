@@ -94,6 +94,12 @@ def _head_updates() -> Sequence[str]:
     return HEAD_UPDATES
 
 
+def _precisions() -> Sequence[str]:
+    from methods.precision import PRECISIONS
+
+    return PRECISIONS
+
+
 def _levels() -> Sequence[str]:
     from methods.engine import Level
 
@@ -169,6 +175,11 @@ class TrainConfig:
     diagnostics_every: int = _f(
         10, help="log task weights, gradient norms and cosines every k steps (0 = never)",
         valid=_COUNT0,
+    )
+    precision: str = _f(
+        "fp32", help="fp32, bf16 (autocast forward) or fp16 (autocast + the engine's loss "
+        "scaler; methods see unscaled fp32 gradients) (methods.precision.PRECISIONS)",
+        valid=Valid(choices=_precisions),
     )
     divergence_factor: float | None = _f(
         help="stop a run (status diverged) when a task's loss exceeds this × its first-step "

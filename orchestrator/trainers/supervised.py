@@ -68,6 +68,7 @@ from envs.base import Forward
 from methods import engine
 from methods.base import StepContext
 from methods.engine import resolve_level, validate_head_update
+from methods.precision import LossScaler
 from orchestrator.config import STL, ConfigError, RunConfig, TrainConfig
 from orchestrator.results import dumps
 from orchestrator.trainers.base import (
@@ -264,10 +265,22 @@ class _Step:
             off += p.numel()
         self.stl_index = self.tasks.index(cfg.stl_task) if cfg.stl_task is not None else None
         self.share: float | None = None  # this rank's loss scale W·n_r/N at the current step
+        precision = cfg.train.precision
+        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = LossScaler() if precision == "fp16" else None
 
     # -- forward --------------------------------------------------------------------------
     def forward(self, batch: Any, task: str | None = None) -> Forward:
-        """One forward pass; with per-task BatchNorm, one pass per task (or only ``task``)."""
+        """One forward pass (under autocast for bf16/fp16; losses in fp32); with per-task
+        BatchNorm, one pass per task (or only ``task``)."""
+        device = getattr(self.ctx.device, "type", str(self.ctx.device))
+        with torch.autocast(device, dtype=self.amp, enabled=self.amp is not None):
+            fwd = self._forward(batch, task)
+        if self.amp is None:
+            return fwd
+        return Forward(losses=fwd.losses.float(), rep=fwd.rep, outputs=fwd.outputs)
+
+    def _forward(self, batch: Any, task: str | None = None) -> Forward:
         if not self.task_forward:
             return self.bench.forward_losses(self.model, batch)
         if task is not None:
@@ -301,8 +314,7 @@ class _Step:
         g = self.global_losses(fwd.losses, epoch, step)
         result = None
         if self.stl_index is not None:
-            fwd.losses[self.stl_index].backward()
-            _all_reduce_grads_(list(self.model.parameters()), self.world)
+            self.stl_backward(fwd.losses[self.stl_index])
         else:
             sctx = StepContext(epoch=epoch, num_epochs=epochs, step=step,
                                param_slices=self.slices, model_stats=self.model_stats())
@@ -310,7 +322,7 @@ class _Step:
                 result = methods.backward(
                     method, fwd.losses, self.shared, self.task_params, rep=fwd.rep,
                     level=self.cfg.train.level, head_update=self.cfg.train.head_update,  # type: ignore[arg-type]
-                    context=sctx, diagnostics=diagnose,
+                    context=sctx, diagnostics=diagnose, scaler=self.scaler,
                 )  # fmt: skip
             except FloatingPointError as e:  # e.g. log of a zero loss in a loss transform
                 raise NonFiniteLoss(self.cfg.run_id, f"transformed ({e})", math.nan, epoch,
@@ -327,6 +339,22 @@ class _Step:
             engine.after_step(method, new)  # averages over ranks, then method.after_step
         return g, result
 
+    def stl_backward(self, loss: Tensor) -> None:
+        """One loss's plain backward (a single-task run, a sequential step), all-reduced;
+        under fp16 scaled, unscaled, and the step skipped (no gradients) on overflow."""
+        params = list(self.model.parameters())
+        scale = 1.0 if self.scaler is None else self.scaler.scale
+        (loss * scale if self.scaler is not None else loss).backward()
+        _all_reduce_grads_(params, self.world)
+        if self.scaler is None:
+            return
+        grads = [p.grad.div_(scale) for p in params if p.grad is not None]
+        found = not all(bool(torch.isfinite(g).all()) for g in grads)  # same on every rank
+        self.scaler.update(found)
+        if found:
+            for p in params:
+                p.grad = None
+
     def gradient_failure(self, batch: Any, epoch: int, step: int) -> NonFiniteLoss:
         """The :class:`NonFiniteLoss` naming the first task whose gradient is NaN/inf (the
         model is unchanged: the method refused before the optimiser step)."""
@@ -339,13 +367,11 @@ class _Step:
     def sequential(self, batch: Any, epoch: int, step: int) -> Tensor:
         """One optimiser step per task on the same batch (``plan_step == "sequential"``)."""
         out = torch.zeros(len(self.tasks), dtype=torch.float64)
-        params = list(self.model.parameters())
         for i, task in enumerate(self.tasks):
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.train_forward(batch, task=task)[i]
             out[i] = float(self.global_losses(loss.reshape(1), epoch, step, [task])[0])
-            loss.backward()
-            _all_reduce_grads_(params, self.world)
+            self.stl_backward(loss)  # one task's plain backward (loss-scaled under fp16)
             self.optimizer.step()
         return out
 
@@ -451,6 +477,8 @@ class _Loop:
         self.history = list(state["history"])
         self.guard.load_state_dict(state.get("divergence_start"))
         self.solver_failures = int(state.get("solver_failures", 0))
+        if self.step_fn.scaler is not None and state.get("scaler") is not None:
+            self.step_fn.scaler.load_state_dict(state["scaler"])
 
     def loader(self, epoch: int | None) -> Any:
         """The train loader of this rank (``epoch``: a fresh one seeded by the epoch)."""
@@ -578,6 +606,7 @@ class _Loop:
             "method": None if self.method is None else self.method.state_dict(),
             "rng": rng_state(), "history": self.history,
             "divergence_start": self.guard.state_dict(), "solver_failures": self.solver_failures,
+            "scaler": None if self.step_fn.scaler is None else self.step_fn.scaler.state_dict(),
         })  # fmt: skip
 
     def write_reported(self) -> dict[str, Any]:
