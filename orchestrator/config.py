@@ -418,6 +418,9 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in hints:
+            if cls is ExperimentConfig and key in {f.name for f in dataclasses.fields(TrainConfig)}:
+                raise ConfigError(f"config key {key!r} belongs under train: (fix: train: "
+                                  f"{{{key}: ...}} in YAML, or train.{key}=... as an override)")
             raise ConfigError(f"unknown config key {prefix + str(key)!r}{_suggest(str(key), names)}")
         kwargs[key] = _coerce(f"{prefix}{key}", value, hints[key])
     return cls(**kwargs)

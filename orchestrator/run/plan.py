@@ -16,8 +16,11 @@ those to execute and finished ones to skip.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +42,21 @@ from orchestrator.trainers.base import data_hint
 FINAL = ("finished", "nonfinite", "diverged")
 
 
+def did_you_mean(name: str, choices: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` (case-insensitive first, then
+    difflib's ratio ≥ 0.6), or ``""``."""
+    by_case = [c for c in choices if c.lower() == name.lower()]
+    close = by_case or difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def open_benchmark(name: str, data_root: str | None, options: dict[str, Any]) -> envs.Benchmark:
     """``envs.create`` with errors turned into fixes (unknown name, options, data root)."""
     try:
         envs.get_class(name)
     except ValueError as e:
-        raise ConfigError(f"{e} (fix: --benchmark NAME; `mtlx benchmarks` lists them)") from None
+        raise ConfigError(f"{e}{did_you_mean(name, envs.available())} (fix: --benchmark NAME; "
+                          "`mtlx benchmarks` lists them)") from None
     try:
         return envs.create(name, root=data_root, **options)
     except (ValueError, TypeError, OSError) as e:
@@ -120,7 +132,8 @@ def _check_names(exp: ExperimentConfig) -> None:
         try:
             methods.get_class(name)
         except ValueError as e:
-            raise ConfigError(f"{e} (or '{STL}' for single-task baselines)") from None
+            raise ConfigError(f"{e} (or '{STL}' for single-task baselines)"
+                              f"{did_you_mean(name, methods.available())}") from None
     stray = sorted(set(exp.hparams) - set(exp.methods))
     if stray:
         raise ConfigError(
@@ -164,7 +177,9 @@ def expand(exp: ExperimentConfig, workdir: str | None = None) -> list[RunConfig]
         try:
             m = methods.create(name, num_tasks, **hp)
         except ValueError as e:
-            raise ConfigError(f"{e} (fix: hparams.{name}.<name>=<value>)") from None
+            valid = methods.create(name, num_tasks).hparams()
+            hints = "".join(did_you_mean(k, list(valid)) for k in hp if k not in valid)
+            raise ConfigError(f"{e}{hints} (fix: hparams.{name}.<name>=<value>)") from None
         runs += [RunConfig(method=name, seed=s, hparams=m.hparams(), **common) for s in exp.seeds]
     try:
         trainer_for(bench).validate(runs, bench)
@@ -177,9 +192,86 @@ def expand(exp: ExperimentConfig, workdir: str | None = None) -> list[RunConfig]
     return runs
 
 
+def _local_resources() -> tuple[str, float, float]:
+    """(where, CPUs, GPUs) that Ray would get on this machine: an already initialised Ray's
+    (tests, notebooks), else the CPUs this process may use and the CUDA devices torch sees."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        have = ray.cluster_resources()
+        return "the running Ray", have.get("CPU", 0.0), have.get("GPU", 0.0)
+    import torch
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return "this machine", float(cpus or 1), float(torch.cuda.device_count())
+
+
+def check_capacity(exp: ExperimentConfig) -> None:
+    """One run's CPUs and GPUs against what it can get, before Ray starts (``ConfigError``).
+
+    The one place for this check: locally against this machine; with ``ray_address`` (a
+    cluster) the cluster's maximum is not known before connecting, so nothing is checked
+    here yet (the launcher checks the connected cluster's resources)."""
+    if exp.workers == 0 or exp.ray_address is not None:
+        return  # workers=0: check_resources; cluster: see the docstring
+    W = max(1, exp.workers)
+    need_cpu, need_gpu = W * exp.cpus_per_worker, W * exp.gpus_per_worker
+    where, have_cpu, have_gpu = _local_resources()
+    if need_gpu > have_gpu:
+        raise ConfigError(
+            f"one run needs {need_gpu:g} GPU(s) ({W} worker(s) × gpus_per_worker="
+            f"{exp.gpus_per_worker:g}) but {where} has {have_gpu:g}; fix: --gpus-per-worker 0 "
+            "(CPU), fewer --workers, or --ray-address of a cluster with GPUs"
+        )
+    if need_cpu > have_cpu:
+        raise ConfigError(
+            f"one run needs {need_cpu} CPUs ({W} worker(s) × cpus_per_worker="
+            f"{exp.cpus_per_worker}) but {where} has {have_cpu:g}; fix: --workers "
+            f"{max(1, int(have_cpu) // exp.cpus_per_worker)} or fewer, fewer --cpus-per-worker, "
+            "or --ray-address of a bigger cluster"
+        )
+
+
+#: the subdirectories of a results directory (``orchestrator.results`` layout) and ``ray``
+RESULT_DIRS = ("runs", "metrics", "diagnostics", "checkpoints", "ray")
+
+
+def check_out(out: str) -> None:
+    """``--out`` is usable (``ConfigError`` naming the fix otherwise): not a file, not inside
+    another results directory's files, its subdirectories not files, and creatable and
+    writable — probed by creating it and writing (then removing) a hidden file."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"--out {out!r} is a file, not a directory; fix: --out a directory "
+                          "(new or an existing results directory)")
+    for parent in p.parents:
+        if parent.name in RESULT_DIRS and (parent.parent / "runs").is_dir():
+            raise ConfigError(
+                f"--out {out!r} is inside the {parent.name}/ of the results directory "
+                f"{str(parent.parent)!r}; fix: --out {str(parent.parent)!r} or a directory "
+                "outside it"
+            )
+    for sub in RESULT_DIRS:
+        if (p / sub).exists() and not (p / sub).is_dir():
+            raise ConfigError(
+                f"{str(p / sub)!r} is a file, but mtlx keeps a directory there; fix: move that "
+                "file away, or --out another directory"
+            )
+    probe = p / f".mtlx-probe-{os.getpid()}"
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--out {out!r} cannot be used: {e.strerror or e}; fix: --out a "
+                          "directory you can create and write") from None
+
+
 def plan(exp: ExperimentConfig, workdir: str | None = None) -> tuple[list[RunConfig], list[RunConfig]]:
-    """(runs to execute, finished runs to skip); validates everything first."""
+    """(runs to execute, finished runs to skip); validates everything first (including the
+    resources and the ``--out`` location, which only running needs)."""
     runs = expand(exp, workdir)
+    check_capacity(exp)
+    check_out(runs[0].out)
     store = ResultsStore(runs[0].out)
     todo, done = [], []
     for r in runs:
