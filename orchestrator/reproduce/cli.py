@@ -29,6 +29,7 @@ from orchestrator.reproduce.grid import (
     GridError,
     expand,
     experiments,
+    launcher,
     plan_runs,
     run_grid,
     smoke_fixture,
@@ -116,6 +117,7 @@ def _reproduce(args: argparse.Namespace) -> int:
           + (f"; {len(grid.blocked)} row(s) not expressible yet" if grid.blocked else "")
           + (" [smoke]" if args.smoke else ""), file=sys.stderr)
     outcomes = run_grid(grid, exps)
+    launcher().describe(outcomes)  # "runs: 6 finished, ..." as mtlx run prints it
     text = write_outputs(table, args.out, row_runs, args.format, args.plots)
     print(text, end="")
     return 0 if all(o.status in ("finished", "skipped") for o in outcomes) else 1
