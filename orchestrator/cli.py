@@ -116,6 +116,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"wall time: {wall:.1f} s; results in {exp.out}/", file=sys.stderr)
     if not args.no_report:
         res = Results.load(exp.out)
+        for problem in res.problems:
+            print(f"mtlx: {problem}", file=sys.stderr)
         ids = [o.run_id for o in outcomes]
         print(report_text(res, exp.benchmark, run_ids=ids), end="")
     return 0 if all(o.status in ("finished", "skipped") for o in outcomes) else 1
@@ -145,6 +147,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         text = report_text(res, args.benchmark, args.format) if len(res.runs) or not searches else ""
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    for problem in res.problems:
+        print(f"mtlx: {problem}", file=sys.stderr)
     print(text, end="")
     if searches:
         print(("\n" if text else "") + searches, end="")

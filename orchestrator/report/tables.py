@@ -38,7 +38,7 @@ from envs.metrics import delta_m, delta_p
 from orchestrator.config import STL
 from orchestrator.report import rl
 from orchestrator.report.common import group_label
-from orchestrator.results import read_table
+from orchestrator.results import Unreadable, read_table
 
 MAX_METRIC_COLUMNS = 12
 
@@ -48,6 +48,8 @@ class Results:
     runs: pd.DataFrame
     metrics: pd.DataFrame
     diagnostics: pd.DataFrame
+    #: files skipped because they do not read (each says which file, why, and the fix)
+    problems: list[Unreadable] = field(default_factory=list)
 
     @classmethod
     def load(cls, root: str | Path, *, include_trials: bool = False) -> Results:
@@ -58,15 +60,17 @@ class Results:
         if not (root / "runs").is_dir():
             raise ValueError(f"{str(root)!r} is not an mtlx results directory (no runs/ inside); "
                              "fix: pass the --out directory of `mtlx run`")
-        runs = read_table(root, "runs")
-        metrics, diags = read_table(root, "metrics"), read_table(root, "diagnostics")
+        problems: list[Unreadable] = []
+        runs = read_table(root, "runs", problems)
+        metrics = read_table(root, "metrics", problems)
+        diags = read_table(root, "diagnostics", problems)
         if not include_trials and "search_id" in runs.columns and len(runs):
             trial = runs["search_id"].fillna("").astype(str) != ""
             keep = set(runs.loc[~trial, "run_id"])
             runs = runs[~trial]
             metrics = metrics[metrics["run_id"].isin(keep)] if len(metrics) else metrics
             diags = diags[diags["run_id"].isin(keep)] if len(diags) else diags
-        return cls(runs, metrics, diags)
+        return cls(runs, metrics, diags, problems)
 
 
 @dataclass

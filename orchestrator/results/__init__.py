@@ -7,6 +7,7 @@ Layout (``<out>`` is ``--out``, default ``results/``)::
                                                 (run, epoch/evaluation, split group)
     <out>/diagnostics/<run_id>/<part>.parquet   per-logged-step method diagnostics
     <out>/checkpoints/<run_id>/state.pt         last checkpoint (torch.save; resume)
+    <out>/checkpoints/<run_id>/state.prev.pt    the one before (resume falls back to it)
 
 Every file has a fixed schema (:mod:`orchestrator.results.schemas`), so
 ``pandas.read_parquet("<out>/metrics")``, ``polars.read_parquet("<out>/metrics/**/*.parquet")``
@@ -27,8 +28,8 @@ quantity, task, other_task, value`` with ``quantity`` one of ``loss``, ``weight`
 engine's :class:`methods.StepResult` every ``train.diagnostics_every`` steps.
 
 ``runs`` (:data:`RUN_SCHEMA`): identity, status (``running``, ``finished``, ``failed``,
-``nonfinite``), the error message, every field of the resolved config as a column (derived
-from the config dataclasses) and the whole config as JSON, reporting facts (``selection``,
+``nonfinite``, ``diverged``, ``interrupted``), the error message, every field of the
+resolved config as a column (derived from the config dataclasses) and the whole config as JSON, reporting facts (``selection``,
 ``reported_epochs``, the single-task reference and the metric directions as JSON, so reports
 need nothing but this directory), the benchmark's protocol record (``protocol``, JSON, with
 its source), wall time and provenance (mtlx version and git commit, torch/ray/python
@@ -45,7 +46,7 @@ from orchestrator.results.schemas import (
     TABLES,
     dumps,
 )
-from orchestrator.results.store import ResultsStore, read_table, write_atomic
+from orchestrator.results.store import ResultsStore, Unreadable, read_table, write_atomic
 
 __all__ = [
     "DIAG_SCHEMA",
@@ -53,6 +54,7 @@ __all__ = [
     "RUN_SCHEMA",
     "TABLES",
     "ResultsStore",
+    "Unreadable",
     "dumps",
     "read_table",
     "write_atomic",

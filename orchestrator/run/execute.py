@@ -42,6 +42,8 @@ def train_run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     trainer = trainer_for(envs.get_class(cfg.benchmark))
     start = time.perf_counter()
     # a resumed run's wall time includes the attempts its checkpoint saved
+    if ctx.is_main:  # a killed earlier attempt's half-written files
+        ctx.store.clean_temporaries(cfg.run_id)
     prev = ctx.store.read_run(cfg.run_id) if ctx.is_main else None
     resumed = prev is not None and (ctx.checkpoint_dir / "state.pt").exists()
     prev_wall = float(prev.get("wall_time_s") or 0.0) if resumed else 0.0

@@ -38,7 +38,6 @@ thread each and 205 s with two on the loaded 2-core machine.
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from orchestrator.config import ConfigError, ExperimentConfig, RunConfig
+from orchestrator.results import ResultsStore
 from orchestrator.run.execute import train_run
 from orchestrator.run.plan import plan
 from orchestrator.run.progress import ProgressBoard, ProgressSink
@@ -69,10 +69,9 @@ class Outcome:
 
 
 def clear_run(out: Path, run_id: str) -> None:
-    """Delete one run's files (for ``rerun``): its row, metrics, diagnostics, checkpoint."""
-    (out / "runs" / f"{run_id}.parquet").unlink(missing_ok=True)
-    for sub in ("metrics", "diagnostics", "checkpoints", "ray"):
-        shutil.rmtree(out / sub / run_id, ignore_errors=True)
+    """Delete one run's files (for ``rerun``), whatever state they are in: its row,
+    metrics, diagnostics, checkpoints (:meth:`ResultsStore.clear_run`)."""
+    ResultsStore(out).clear_run(run_id)
 
 
 def run_experiment(exp: ExperimentConfig, *, stream: TextIO | None = None,

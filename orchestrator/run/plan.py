@@ -273,11 +273,14 @@ def plan(exp: ExperimentConfig, workdir: str | None = None) -> tuple[list[RunCon
     check_capacity(exp)
     check_out(runs[0].out)
     store = ResultsStore(runs[0].out)
-    todo, done = [], []
+    todo, done, problems = [], [], []
     for r in runs:
-        row = store.read_run(r.run_id)
+        row = store.read_run(r.run_id, problems)
         if row is not None and row["status"] in FINAL and not exp.rerun:
             done.append(r)
         else:
             todo.append(r)
+    for p in problems:  # such a run is run (resumed if it has a checkpoint); its row rewritten
+        print(f"mtlx: {p.path} does not read ({p.reason}); running that run again "
+              "(--rerun starts it from scratch)", file=sys.stderr)
     return todo, done

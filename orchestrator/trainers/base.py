@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,20 +236,40 @@ class RunContext:
 
     # -- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
-        """Atomically write ``state`` (rank 0) to ``checkpoint_dir/state.pt``."""
+        """Atomically write ``state`` (rank 0) to ``checkpoint_dir/state.pt``, keeping the
+        previous one as ``state.prev.pt`` (the fallback of :meth:`load_checkpoint`)."""
         if not self.is_main:
             return
         d = self.checkpoint_dir
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / f".state.pt.{os.getpid()}.tmp"
         torch.save(dict(state), tmp)
+        if (d / "state.pt").is_file():
+            os.replace(d / "state.pt", d / "state.prev.pt")
         os.replace(tmp, d / "state.pt")
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        path = self.checkpoint_dir / "state.pt"
-        if not path.exists():
-            return None
-        return torch.load(path, map_location=self.device, weights_only=False)
+        """The newest checkpoint that loads (``state.pt``, else ``state.prev.pt``, saying so
+        on stderr), None if there is none; ``RuntimeError`` naming ``--rerun`` if neither
+        loads."""
+        d, errors = self.checkpoint_dir, []
+        for name in ("state.pt", "state.prev.pt"):
+            path = d / name
+            if not path.exists():
+                continue
+            try:
+                state = torch.load(path, map_location=self.device, weights_only=False)
+            except Exception as e:  # truncated, zero bytes, not a torch file: try the older
+                errors.append(f"{path}: {type(e).__name__}: {str(e).strip()[:200]}")
+                continue
+            if errors:
+                print(f"mtlx: run {self.run_id}: {errors[0]}; resuming from the previous "
+                      f"checkpoint {path}", file=sys.stderr)
+            return state
+        if errors:
+            raise RuntimeError(f"run {self.run_id}: no checkpoint loads ({'; '.join(errors)}); "
+                               "fix: rerun with --rerun to start this run again")
+        return None
 
 
 def local_context(cfg: RunConfig, **kwargs: Any) -> RunContext:
