@@ -208,6 +208,28 @@ def cmd_benchmarks(_: argparse.Namespace) -> int:
     return 0
 
 
+def add_architectures_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("architectures", help="list the architectures a benchmark's model "
+                       "takes (model_options.arch=...), with parameter counts")
+    p.add_argument("--benchmark", default="multi_digits")
+    p.add_argument("--data-root", default=None, help="the dataset, for benchmarks that read one")
+    return p
+
+
+def cmd_architectures(args: argparse.Namespace) -> int:
+    import envs
+    from envs import architectures
+
+    try:
+        bench = envs.create(args.benchmark, root=args.data_root)
+    except (FileNotFoundError, ValueError, TypeError) as e:
+        raise ConfigError(f"{e}\nfix: choose --benchmark from {envs.available()} and pass "
+                          "--data-root for benchmarks that read a dataset") from None
+    print(f"{args.benchmark}: model_options.arch=<arch> (default hps)\n")
+    print(architectures.format_table(architectures.describe(bench)))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------------------
@@ -221,6 +243,7 @@ COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser], Handler]] = 
     ("tune", tune.add_parser, tune.main_tune),
     ("methods", add_methods_parser, cmd_methods),
     ("benchmarks", add_benchmarks_parser, cmd_benchmarks),
+    ("architectures", add_architectures_parser, cmd_architectures),
 ]
 
 
