@@ -206,14 +206,23 @@ def _fits(exp: ExperimentConfig, resources: dict[str, float]) -> int:
     return n if exp.max_concurrent is None else min(n, exp.max_concurrent)
 
 
+def largest_resources(resources: dict[str, float], maximum: dict[str, float] | None
+                      ) -> dict[str, float]:
+    """The most of each resource the cluster can have: what is up now, or more where the
+    autoscaler (``maximum``, :func:`~orchestrator.run.ray_compat.autoscaler_max_resources`)
+    can add nodes; what ``mtlx run`` and ``mtlx tune`` judge feasibility against."""
+    largest = dict(resources)
+    for key, value in (maximum or {}).items():
+        largest[key] = max(largest.get(key, 0.0), value)
+    return largest
+
+
 def _capacity(exp: ExperimentConfig, resources: dict[str, float],
               maximum: dict[str, float] | None = None) -> int:
     """How many runs fit at once in the largest the cluster can be: ``resources`` (what is
     up now) or, with an autoscaler, ``maximum`` (what its node types can grow to);
     ``ConfigError`` if not even one run fits at that size."""
-    largest = dict(resources)
-    for key, value in (maximum or {}).items():
-        largest[key] = max(largest.get(key, 0.0), value)
+    largest = largest_resources(resources, maximum)
     n = _fits(exp, largest)
     if n < 1:
         W, need_cpu, need_gpu = _need(exp)

@@ -21,7 +21,11 @@ Facts this relies on (Ray 2.60):
   from mtlx's checkpoint;
 * ``controller_failure_limit`` is finite so an infeasible worker group fails instead of
   retrying forever (docs/ray.md §1.3); the launcher also checks resources before the first fit;
-* paths are absolute: Train workers ``chdir`` into Ray's artifact directory (docs/ray.md §1.6).
+* paths are absolute: Train workers ``chdir`` into Ray's artifact directory (docs/ray.md §1.6);
+* a node lost while the worker group restarts can fail the whole fit with a
+  ``ControllerError`` wrapping an actor death (seen on a 3-raylet cluster: the restarted
+  group's placement group was removed under it); :func:`fit` then starts a new fit, which
+  resumes from mtlx's checkpoint, within the same ``max_failures`` budget (docs/ray.md §8).
 """
 
 from __future__ import annotations
@@ -62,6 +66,23 @@ def fit(cfg: RunConfig, *, sink: Any = None, callbacks: Sequence[Any] = (),
 
     Raises ``ray.train.TrainingFailedError`` if the run fails (its status is then
     ``failed`` in the runs table)."""
+    import ray.exceptions
+    import ray.train
+
+    refits = 0
+    while True:
+        try:
+            return _fit_once(cfg, sink, callbacks, max_failures, storage_path)
+        except ray.train.ControllerError as e:
+            lost = isinstance(e.controller_failure, (ray.exceptions.RayActorError,
+                                                     ray.exceptions.NodeDiedError))
+            if not lost or (max_failures != -1 and refits >= max_failures):
+                raise
+            refits += 1  # a node died under the controller: a new fit resumes from mtlx's checkpoint
+
+
+def _fit_once(cfg: RunConfig, sink: Any, callbacks: Sequence[Any], max_failures: int,
+              storage_path: str | None) -> dict[str, Any]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
