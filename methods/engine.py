@@ -94,6 +94,14 @@ def resolve_level(method: Method, level: Level, has_rep: bool) -> str:
     return "param"
 
 
+def effective_level(method: Method, level: Level) -> str:
+    """The level ``level`` means for ``method``: ``"auto"`` is its ``default_level`` (a
+    loss-weighting method takes no gradients: ``"param"``, i.e. the plain loss path)."""
+    if level == "auto":
+        return method.default_level if method.requires_grads else "param"
+    return level
+
+
 def validate_head_update(method: Method, head_update: str | None) -> str:
     rule = method.default_head_update if head_update is None else head_update
     if rule not in HEAD_UPDATES:
@@ -112,15 +120,18 @@ def world_size() -> int:
     return 1
 
 
-def _all_reduce_mean_(t: Tensor) -> Tensor:
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.div_(dist.get_world_size())
+def all_reduce_mean_(t: Tensor) -> Tensor:
+    """In place: the mean of ``t`` over the torch.distributed ranks (unchanged with one)."""
+    if world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t.div_(dist.get_world_size())
+    return t
 
 
 def _globalise(losses: Tensor) -> Tensor:
     """Straight-through surrogate: the value is the mean over ranks, the gradient local."""
     mean = losses.detach().clone()
-    _all_reduce_mean_(mean)
+    all_reduce_mean_(mean)
     return losses + (mean - losses.detach())
 
 
@@ -227,7 +238,7 @@ def _set_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None], W: int)
     Single-process, the autograd results are used as they are (no flat copy)."""
     if W > 1:
         flat = _flat_grads(params, grads)
-        _all_reduce_mean_(flat)
+        all_reduce_mean_(flat)
         _write_grads(params, flat)
         return
     for p, g in zip(params, grads):
@@ -303,9 +314,7 @@ def backward(
     # weighting them by (possibly negative) task weights would change what they learn.
     own_params = [p for p in method.parameters() if p.requires_grad and id(p) not in seen]
     rule = validate_head_update(method, head_update)
-    if level == "auto":
-        level = method.default_level if method.requires_grads else "param"  # type: ignore[assignment]
-    lvl = resolve_level(method, level, rep is not None)
+    lvl = resolve_level(method, effective_level(method, level), rep is not None)  # type: ignore[arg-type]
     W = world_size()
 
     if W > 1:
@@ -334,7 +343,7 @@ def after_step(method: Method, losses: Tensor) -> None:
         return
     losses = losses.detach().clone()
     if world_size() > 1:
-        _all_reduce_mean_(losses)
+        all_reduce_mean_(losses)
     method.after_step(losses)
 
 
@@ -413,7 +422,7 @@ class _Step:
             # Gradient paths get these for free; here they cost T extra backward passes.
             J = jacobian(tl, shared, retain_graph=True)
             if self.W > 1:
-                _all_reduce_mean_(J)
+                all_reduce_mean_(J)
             norms, cos = _diagnostics(J @ J.T)
         params = shared + others.params
         n_w = _numel(shared) + (others.n_heads if self.rule == "weighted" else 0)
@@ -436,7 +445,7 @@ class _Step:
         n_sh = _numel(shared)
         J = self.jacobian(shared + others.params)
         if self.W > 1:
-            _all_reduce_mean_(J)  # one flat collective: every rank now holds the global Jacobian
+            all_reduce_mean_(J)  # one flat collective: every rank now holds the global Jacobian
         if self.scaler is not None and self.overflow(J.div_(self.scale)):
             return self.skip("param")  # before the method: its state does not advance
         G = J[:, :n_sh]

@@ -307,16 +307,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def all_reduce_mean_(t: torch.Tensor, world: int) -> torch.Tensor:
-    """In place: the mean of ``t`` over ``world`` torch.distributed ranks (no-op for 1)."""
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t.div_(world)
-    return t
-
-
 def data_hint(name: str, data_root: str | None, e: Exception) -> str:
     """The message for a benchmark whose data could not be opened, with the fix."""
     where = "no data_root" if data_root is None else f"data_root={data_root!r}"

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import envs
 import methods
-from methods.engine import resolve_level, validate_head_update
+from methods.engine import effective_level, resolve_level, validate_head_update
 from orchestrator.config import STL, ConfigError, RunConfig
 from orchestrator.trainers.base import data_hint
 
@@ -84,7 +84,7 @@ def _check_method(r: RunConfig, bench: envs.Benchmark, features: frozenset[str],
             f"{sorted(features) or 'nothing'}; fix: choose a benchmark/model option that "
             "provides it, or another method"
         )
-    level = t.level if t.level != "auto" else (m.default_level if m.requires_grads else "param")
+    level = effective_level(m, t.level)
     if level == "rep" and m.requires_grads and m.supports_rep_grads and not has_rep:
         raise ConfigError(
             f"method {r.method!r} at level 'rep' needs a single shared representation, but "

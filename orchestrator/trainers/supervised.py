@@ -74,7 +74,6 @@ from orchestrator.trainers.base import (
     DivergenceGuard,
     NonFiniteLoss,
     RunContext,
-    all_reduce_mean_,
     diagnostic_rows,
     first_nonfinite_grad,
     is_nonfinite_gradients,
@@ -133,7 +132,7 @@ def _all_reduce_grads_(params: Sequence[Tensor], world: int) -> None:
     if not ps:
         return
     flat = torch.cat([p.grad.reshape(-1) for p in ps])
-    all_reduce_mean_(flat, world)
+    engine.all_reduce_mean_(flat)
     for p, g in zip(ps, torch.split(flat, [p.numel() for p in ps])):
         p.grad = g.view_as(p).clone()
 
@@ -199,7 +198,7 @@ class _Step:
     def global_losses(self, losses: Tensor, epoch: int, step: int,
                       names: Sequence[str] | None = None) -> Tensor:
         """Mean over workers (detached), checked finite on every rank alike."""
-        g = all_reduce_mean_(losses.detach().clone(), self.world)
+        g = engine.all_reduce_mean_(losses.detach().clone())
         if not torch.isfinite(g).all():
             i = int((~torch.isfinite(g)).nonzero()[0])
             raise NonFiniteLoss(self.cfg.run_id, (names or self.tasks)[i], float(g[i]), epoch, step)
