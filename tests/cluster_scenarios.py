@@ -7,9 +7,9 @@ nodes) and two 1-CPU worker nodes, then:
 
 ``exact``      a W=2 run whose two Train workers are on two different nodes, and the
                ``--workers 0`` run of the same config;
-``node_loss``  a W=2 run; once its first checkpoint exists, the node hosting one Train
-               worker is killed (not drained) and a fresh node added; plus the uninterrupted
-               ``--workers 0`` run of the same config.
+``node_loss``  the same W=2 run again (another results directory); once its first
+               checkpoint exists, the node hosting one Train worker is killed (not drained)
+               and a fresh node added. ``exact``'s W=2 run is its uninterrupted twin.
 
 It writes ``OUT/scenarios.json`` (node ids, timings, how many Train workers were started)
 and leaves the results directories under OUT for the test to compare. It stops only the
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -28,7 +29,8 @@ from typing import Any
 
 from orchestrator.run.ray_compat import TEST_ENV
 
-SMALL = {"n_train": 200, "n_val": 40, "n_test": 40}
+SMALL = {"n_train": 200, "n_val": 40, "n_test": 40}  # 13 steps of 16 per epoch, the last of 8
+EPOCHS = 6
 
 
 def _exp(workers: int, out: Path, epochs: int, address: str | None = None):
@@ -43,10 +45,12 @@ def _exp(workers: int, out: Path, epochs: int, address: str | None = None):
 
 def _train_workers() -> list[dict[str, Any]]:
     """Every Ray Train worker actor this cluster ever started (alive or dead)."""
+    import ray
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True,
-                         limit=1000, raise_on_missing_output=False)
+    address = ray.get_runtime_context().gcs_address  # this cluster, not another Ray here
+    actors = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker")],
+                         detail=True, limit=1000, raise_on_missing_output=False)
     return [{"node_id": a.node_id, "state": a.state} for a in actors]
 
 
@@ -54,10 +58,10 @@ def _exact(out: Path, address: str) -> dict[str, Any]:
     from orchestrator.run.launch import run_experiment
 
     t0 = time.perf_counter()
-    two = run_experiment(_exp(2, out, 2, address))
+    two = run_experiment(_exp(2, out, EPOCHS, address))
     t_fit = time.perf_counter() - t0
     nodes = sorted({w["node_id"] for w in _train_workers()})
-    zero = run_experiment(_exp(0, out, 2))
+    zero = run_experiment(_exp(0, out, EPOCHS))
     return {"status": [o.status for o in two + zero], "errors": [o.error for o in two + zero],
             "worker_nodes": nodes, "fit_s": t_fit,
             "run_ids": {"w2": two[0].run_id, "w0": zero[0].run_id}}
@@ -69,7 +73,8 @@ def _node_loss(out: Path, cluster: Any, address: str) -> dict[str, Any]:
     before = len(_train_workers())
     done: dict[str, Any] = {}
     t0 = time.perf_counter()
-    thread = threading.Thread(target=lambda: done.update(o=run_experiment(_exp(2, out, 6, address))))
+    thread = threading.Thread(
+        target=lambda: done.update(o=run_experiment(_exp(2, out, EPOCHS, address))))
     thread.start()
     ckpt = None
     while thread.is_alive() and ckpt is None:  # wait for the first checkpoint
@@ -86,13 +91,12 @@ def _node_loss(out: Path, cluster: Any, address: str) -> dict[str, Any]:
     cluster.add_node(num_cpus=1)
     thread.join()
     t_end = time.perf_counter()
-    zero = run_experiment(_exp(0, out, 6))
-    outcomes = done["o"] + zero
+    outcomes = done["o"]
     return {"status": [o.status for o in outcomes], "errors": [o.error for o in outcomes],
             "killed_node": victim.node_id, "checkpoint_epoch_at_kill": killed_at_epoch,
             "workers_started": len(_train_workers()) - before,
             "kill_after_s": t_kill - t0, "finish_after_kill_s": t_end - t_kill,
-            "run_ids": {"w2": done["o"][0].run_id, "w0": zero[0].run_id}}
+            "run_id": outcomes[0].run_id}
 
 
 def main(out: Path) -> None:
@@ -102,7 +106,13 @@ def main(out: Path) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    # a free dashboard port: the State API (and Train's placement-group cleaner) needs the
+    # dashboard, and another Ray on this machine may hold the default 8265
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": True, "dashboard_port": port})
     try:
         for _ in range(2):
             cluster.add_node(num_cpus=1)

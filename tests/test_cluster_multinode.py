@@ -58,14 +58,16 @@ def test_retry_budget_is_above_zero_on_a_cluster():
     assert launch.retry_budget(5, None, 3) == 5 and launch.retry_budget(-1, "auto", 1) == -1
 
 
-def _same_metrics(root: Path, a: str, b: str) -> None:
+def _metrics(root: Path, run_id: str):
     m = read_table(root, "metrics")
     keys = ["split", "epoch", "task", "metric"]
-    ma = m[(m.run_id == a) & (m.metric != "epoch_time_s")].set_index(keys).sort_index()
-    mb = m[(m.run_id == b) & (m.metric != "epoch_time_s")].set_index(keys).sort_index()
-    assert list(ma.index) == list(mb.index) and len(ma) > 0
-    torch.testing.assert_close(torch.tensor(mb.value.to_numpy()), torch.tensor(ma.value.to_numpy()),
-                               rtol=1e-5, atol=1e-6)
+    return m[(m.run_id == run_id) & (m.metric != "epoch_time_s")].set_index(keys).sort_index()
+
+
+def _same_metrics(a, b, rtol: float, atol: float) -> None:
+    assert list(a.index) == list(b.index) and len(a) > 0
+    torch.testing.assert_close(torch.tensor(b.value.to_numpy()), torch.tensor(a.value.to_numpy()),
+                               rtol=rtol, atol=atol)
 
 
 @pytest.mark.timeout(1500)
@@ -84,10 +86,17 @@ def test_multinode_cluster_exactness_and_node_loss(tmp_path):
     assert len(ex["worker_nodes"]) == 2 and res["head_node"] not in ex["worker_nodes"]
     runs = read_table(tmp_path / "exact", "runs").set_index("run_id")
     assert runs.loc[ex["run_ids"]["w2"], "steps_done"] == runs.loc[ex["run_ids"]["w0"], "steps_done"]
-    _same_metrics(tmp_path / "exact", ex["run_ids"]["w0"], ex["run_ids"]["w2"])
+    zero, two = (_metrics(tmp_path / "exact", ex["run_ids"][k]) for k in ("w0", "w2"))
+    acc = zero.index.get_level_values("metric") == "accuracy"
+    _same_metrics(zero[acc], two[acc], 0, 0)  # the same predictions on val and test
+    # losses agree up to the summation order of 2 ranks, amplified over 78 PCGrad steps
+    # (≤ 1e-6 for the first 4 epochs, ~3e-4 after 6 when measured)
+    _same_metrics(zero, two, 1e-3, 1e-3)
     # a node hosting a Train worker killed after the first checkpoint, a fresh one added
     nl = res["node_loss"]
     assert nl["status"] == ["finished", "finished"], nl["errors"]
     assert nl["checkpoint_epoch_at_kill"] is not None and nl["checkpoint_epoch_at_kill"] < 5
-    assert nl["workers_started"] == 4  # the worker group was restarted once
-    _same_metrics(tmp_path / "node_loss", nl["run_ids"]["w0"], nl["run_ids"]["w2"])
+    assert nl["workers_started"] >= 4  # a new worker group (or a new fit) after the kill
+    assert nl["run_id"] == ex["run_ids"]["w2"]  # the same run, in another results directory
+    # resumed from the checkpoint: exactly the uninterrupted W=2 run's numbers
+    _same_metrics(two, _metrics(tmp_path / "node_loss", nl["run_id"]), 0, 0)
