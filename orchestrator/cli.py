@@ -24,10 +24,13 @@ A subpackage adds one by exposing those two functions and a line there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from orchestrator import tune
@@ -255,6 +258,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's stop) ends a command like Ctrl-C: runs are recorded
+    ``interrupted`` with their checkpoints kept, Ray is shut down, leases are released."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    if previous is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        if previous is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     # overrides may follow flags (`mtlx run --seeds 0 train.lr=1e-3`): collect them here
@@ -269,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler = {name: run for name, _, run in COMMANDS}[args.command]
     try:
-        return handler(args)
+        with _sigterm_as_interrupt():
+            return handler(args)
     except ConfigError as e:
         print(f"mtlx: error: {e}", file=sys.stderr)
         return 2

@@ -116,3 +116,120 @@ def test_first_nonfinite_grad_names_the_overflowing_task():
     losses = torch.stack([(w * 1.0).sum(), (w * 1e30).sum() * 1e10])
     assert first_nonfinite_grad(losses, [w]) == (1, math.inf)
     assert first_nonfinite_grad(torch.stack([w.sum(), 2 * w.sum()]), [w]) is None
+
+
+# ---------------------------------------------------------------------------------------
+# one writer per run (leases), lost runs, SIGTERM
+# ---------------------------------------------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from orchestrator.results import ResultsStore  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = ["--benchmark", "multi_digits", "--methods", "ew", "--seeds", "0", "--workers", "0",
+       "--no-report", *[f"bench_options.{k}={v}" for k, v in SMALL.items()]]
+
+
+def _lease(out, run_id, pid, age_s=0.0):
+    path = ResultsStore(out).lease_path(run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"owner": "someone", "host": socket.gethostname(), "pid": pid,
+                                "since": "earlier", "heartbeat": time.time() - age_s}))
+
+
+@pytest.fixture
+def other_process():
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield p.pid
+    p.kill()
+    p.wait()
+
+
+@pytest.fixture
+def finished(tmp_path):
+    [o] = run_experiment(_exp(tmp_path, ["ew"]))
+    assert o.status == "finished"
+    return tmp_path, o.run_id
+
+
+def test_a_second_writer_is_refused_naming_the_holder(finished, other_process, capsys):
+    out, run_id = finished
+    store = ResultsStore(out)
+    store.write_run({**store.read_run(run_id), "status": "running"})  # the other one's run
+    _lease(out, run_id, other_process)
+    before = sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*.parquet"))
+    for extra in ([], ["--rerun"]):  # --rerun would delete a live run's files: refused too
+        code = cli.main(["run", *CLI, "--epochs", "1", "train.max_steps_per_epoch=3",
+                         "--out", str(out), *extra])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert f"run {run_id} is being written by someone@{socket.gethostname()} pid " \
+               f"{other_process}" in err
+    assert sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*.parquet")) == before
+
+
+def test_a_stale_lease_is_taken_over_and_said(finished, other_process, capsys):
+    out, run_id = finished
+    _lease(out, run_id, other_process, age_s=10_000)
+    exp = _exp(out, ["ew"])
+    exp.rerun = True
+    [o] = run_experiment(exp)
+    assert o.status == "finished"
+    assert "taking over the stale lease of someone@" in capsys.readouterr().err
+    assert not ResultsStore(out).lease_path(run_id).exists()  # released at the end
+
+
+def test_running_without_a_live_writer_is_reported_lost(finished, other_process):
+    out, run_id = finished
+    store = ResultsStore(out)
+    store.write_run({**store.read_run(run_id), "status": "running"})
+    assert "(lost" in report_text(Results.load(out), "multi_digits")
+    _lease(out, run_id, other_process)  # a live writer: still running
+    assert "(running" in report_text(Results.load(out), "multi_digits")
+
+
+def _start(out):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", "run", *CLI, "--epochs",
+                             "400", "train.max_steps_per_epoch=1", "train.max_eval_batches=1",
+                             "--out", str(out)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_an_epoch(proc, out, after=0):
+    store = ResultsStore(out)
+    for _ in range(600):  # polling, not timing: up to a minute for start-up and one epoch
+        rows = list((out / "runs").glob("*.parquet")) if (out / "runs").is_dir() else []
+        row = store.read_run(rows[0].name.removesuffix(".parquet")) if rows else None
+        if row and row["status"] == "running" and (row.get("epochs_done") or 0) > after:
+            return row["run_id"]
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.1)
+    raise AssertionError("the run never finished an epoch")
+
+
+def test_sigterm_is_an_interrupt_and_sigkill_shows_lost(tmp_path):
+    out = tmp_path / "out"
+    proc = _start(out)
+    run_id = _wait_for_an_epoch(proc, out)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130
+    store = ResultsStore(out)
+    assert store.read_run(run_id)["status"] == "interrupted"
+    assert (store.checkpoint_dir(run_id) / "state.pt").is_file()
+    assert not store.lease_path(run_id).exists()
+
+    proc = _start(out)  # resumes; then SIGKILL: nothing can record it
+    _wait_for_an_epoch(proc, out, after=store.read_run(run_id)["epochs_done"])
+    proc.kill()
+    proc.wait()
+    assert store.read_run(run_id)["status"] == "running"
+    assert f"{run_id} (lost" in report_text(Results.load(out), "multi_digits")

@@ -38,7 +38,7 @@ from envs.metrics import delta_m, delta_p
 from orchestrator.config import STL
 from orchestrator.report import rl
 from orchestrator.report.common import group_label
-from orchestrator.results import Unreadable, read_table
+from orchestrator.results import ResultsStore, Unreadable, read_table
 
 MAX_METRIC_COLUMNS = 12
 
@@ -64,6 +64,10 @@ class Results:
         runs = read_table(root, "runs", problems)
         metrics = read_table(root, "metrics", problems)
         diags = read_table(root, "diagnostics", problems)
+        if len(runs):  # `running` without a live writer: killed (SIGKILL, a lost node)
+            store = ResultsStore(root)
+            lost = [store.is_lost(row) for row in runs[["run_id", "status"]].to_dict("records")]
+            runs.loc[lost, "status"] = "lost"
         if not include_trials and "search_id" in runs.columns and len(runs):
             trial = runs["search_id"].fillna("").astype(str) != ""
             keep = set(runs.loc[~trial, "run_id"])

@@ -4,7 +4,12 @@ docstring and :mod:`orchestrator.results.schemas`.
 Writes are atomic: a file is written under a hidden temporary name
 (``.<name>.<pid>.<random>.tmp``, which readers skip) and renamed into place, so a killed run
 never leaves a file that fails to read, and each writer only ever touches files of its own
-run id. A killed writer may leave its temporary files; :meth:`ResultsStore.clean_temporaries`
+run id — at most one process at a time, which holds the run's *lease*
+(``<out>/leases/<run_id>.json``: owner, host, pid, heartbeat; :meth:`ResultsStore.leases`,
+held by the driver that executes the run).
+A second writer of the same run id is refused with the holder's name; a lease whose heartbeat
+is older than :data:`LEASE_STALE_S` (or whose process on this host is gone) is taken over,
+and a ``running`` run without a live lease is ``lost`` (killed). A killed writer may leave its temporary files; :meth:`ResultsStore.clean_temporaries`
 removes those whose process is gone when the run starts again.
 
 Reading degrades gracefully: a file that does not read (truncated, zero bytes, not Parquet,
@@ -14,11 +19,18 @@ reason, fix) instead of failing the whole read, so one damaged file never hides 
 
 from __future__ import annotations
 
+import contextlib
+import getpass
+import json
 import os
 import re
 import shutil
+import socket
+import sys
+import threading
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +38,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from orchestrator.config import ConfigError
 from orchestrator.results.schemas import DIAG_SCHEMA, METRIC_SCHEMA, RUN_SCHEMA, TABLES
 
 
@@ -81,6 +94,37 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+#: seconds between a lease holder's heartbeats, and after which a silent lease is stale
+HEARTBEAT_S, LEASE_STALE_S = 15.0, 120.0
+
+
+class LeaseHeld(ConfigError):
+    """Another live process holds the run's lease (the message names it and the fix)."""
+
+
+def _me() -> dict[str, Any]:
+    try:
+        owner = getpass.getuser()
+    except Exception:  # no user name in some containers
+        owner = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return {"owner": owner, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def lease_alive(holder: Mapping[str, Any], now: float | None = None) -> bool:
+    """Whether a lease's holder is alive: a recent heartbeat, and on this host a live pid."""
+    if (now or time.time()) - float(holder.get("heartbeat", 0)) > LEASE_STALE_S:
+        return False
+    if holder.get("host") == socket.gethostname():
+        return _pid_alive(int(holder.get("pid", -1)))
+    return True
+
+
+def describe_holder(h: Mapping[str, Any]) -> str:
+    age = time.time() - float(h.get("heartbeat", 0))
+    return (f"{h.get('owner')}@{h.get('host')} pid {h.get('pid')} (heartbeat {age:.0f} s ago, "
+            f"since {h.get('since')})")
+
+
 def _table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
     rows = list(rows)
     extra = set().union(*(r.keys() for r in rows)) - set(schema.names) if rows else set()
@@ -126,6 +170,83 @@ class ResultsStore:
     def checkpoint_dir(self, run_id: str) -> Path:
         return self.root / "checkpoints" / run_id
 
+    # -- leases: one writer per run ----------------------------------------------------------
+    def lease_path(self, run_id: str) -> Path:
+        return self.root / "leases" / f"{run_id}.json"
+
+    def read_lease(self, run_id: str) -> dict[str, Any] | None:
+        """The lease's holder record, None if there is none (or it does not parse)."""
+        try:
+            return json.loads(self.lease_path(run_id).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def live_holder(self, run_id: str) -> dict[str, Any] | None:
+        """The holder of a live lease on ``run_id`` other than this process, else None."""
+        h = self.read_lease(run_id)
+        me = _me()
+        if h is None or not lease_alive(h) or (h.get("host"), h.get("pid")) == (me["host"], me["pid"]):
+            return None
+        return h
+
+    def _write_lease(self, run_id: str, since: str) -> None:
+        path = self.lease_path(run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp.write_text(json.dumps({**_me(), "since": since, "heartbeat": time.time()}))
+        os.replace(tmp, path)
+
+    @contextlib.contextmanager
+    def leases(self, run_ids: Iterable[str]) -> Iterator[None]:
+        """Hold the leases of ``run_ids`` while the block runs (the driver holds them for
+        every run it executes; one daemon thread beats every :data:`HEARTBEAT_S`).
+        :class:`LeaseHeld` before anything is written if another live process holds one;
+        stale leases are taken over (said on stderr)."""
+        run_ids = list(run_ids)
+        for run_id in run_ids:
+            holder = self.live_holder(run_id)
+            if holder is not None:
+                raise LeaseHeld(
+                    f"run {run_id} is being written by {describe_holder(holder)}; fix: wait "
+                    f"for it or stop that process (a lease silent for {LEASE_STALE_S:.0f} s "
+                    "is taken over)"
+                )
+        me = (_me()["host"], os.getpid())
+        for run_id in run_ids:
+            old = self.read_lease(run_id)
+            if old is not None and (old.get("host"), old.get("pid")) != me:
+                print(f"mtlx: run {run_id}: taking over the stale lease of "
+                      f"{describe_holder(old)}", file=sys.stderr)
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for run_id in run_ids:
+            self._write_lease(run_id, since)
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_S):
+                for run_id in run_ids:
+                    with contextlib.suppress(OSError):
+                        self._write_lease(run_id, since)
+
+        thread = threading.Thread(target=beat, name="mtlx-leases", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            for run_id in run_ids:
+                h = self.read_lease(run_id)
+                if h is not None and (h.get("host"), h.get("pid")) == me:
+                    self.lease_path(run_id).unlink(missing_ok=True)
+
+    def is_lost(self, row: Mapping[str, Any]) -> bool:
+        """A ``running`` row whose writer is gone (no live lease): killed, never finished."""
+        if row.get("status") != "running":
+            return False
+        h = self.read_lease(str(row.get("run_id")))
+        return h is None or not lease_alive(h)
+
     def run_paths(self, run_id: str) -> list[Path]:
         """Every path that belongs to ``run_id`` (its row, metrics, diagnostics, checkpoints,
         Ray Train storage)."""
@@ -136,6 +257,10 @@ class ResultsStore:
     def clear_run(self, run_id: str) -> None:
         """Delete every file of ``run_id``, whatever state it is in (a file where a
         directory belongs and vice versa, half-written files): what ``--rerun`` needs."""
+        holder = self.live_holder(run_id)
+        if holder is not None:
+            raise LeaseHeld(f"--rerun would delete run {run_id}, which is being written by "
+                            f"{describe_holder(holder)}; fix: wait for it or stop that process")
         for p in self.run_paths(run_id):
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)

@@ -37,6 +37,7 @@ thread each and 205 s with two on the loaded 2-core machine.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -81,14 +82,13 @@ def run_experiment(exp: ExperimentConfig, *, stream: TextIO | None = None,
     :class:`Outcome` per run (skipped ones first, then in ``exp``'s method × seed order)."""
     todo, done = plan(exp, workdir)
     out = Path(todo[0].out if todo else done[0].out)
+    leases = contextlib.ExitStack()  # one writer per run: LeaseHeld before anything is written
+    leases.enter_context(ResultsStore(out).leases([r.run_id for r in todo]))
     board = ProgressBoard(len(todo) + len(done), stream)
     outcomes = []
     for r in done:
         board.skipped(r.label, r.run_id)
         outcomes.append(Outcome(r.run_id, r.label, "skipped"))
-    if exp.rerun:
-        for r in todo:
-            clear_run(out, r.run_id)
 
     def handle(event: dict[str, Any]) -> None:
         board.handle(event)
@@ -96,12 +96,16 @@ def run_experiment(exp: ExperimentConfig, *, stream: TextIO | None = None,
             on_event(event)
 
     try:
+        if exp.rerun:
+            for r in todo:
+                clear_run(out, r.run_id)
         if todo and exp.workers == 0:
             outcomes += _run_inline(todo, board, handle)
         elif todo:
             outcomes += _run_ray(exp, todo, board, handle)
     finally:
         board.close()
+        leases.close()
     order = {r.run_id: i for i, r in enumerate(done + todo)}
     return sorted(outcomes, key=lambda o: order[o.run_id])  # plan order, not completion order
 
