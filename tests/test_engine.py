@@ -142,7 +142,8 @@ def test_non_finite_loss_raises_naming_task():
 DIST_CASES = [
     ("ew", "param"), ("pcgrad", "param"), ("cagrad", "param"), ("nash_mtl", "param"),
     ("db_mtl", "param"), ("imtl_g", "param"), ("mgda_ub", "rep"), ("imtl_g", "rep"),
-    ("imtl", "param"), ("uw", "param"), ("famo", "param"),
+    ("imtl", "param"), ("uw", "param"), ("famo", "param"), ("upgrad", "rep"),
+    ("fairgrad", "param"),
 ]
 STEPS = 3
 

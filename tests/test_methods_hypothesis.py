@@ -39,7 +39,7 @@ def step(name, G, losses=None, **hp):
 # non-conflicting: every task's inner product with the update is ≥ 0 ---------------------
 
 
-@pytest.mark.parametrize("name", ["mgda", "nash_mtl"])
+@pytest.mark.parametrize("name", ["mgda", "nash_mtl", "upgrad", "dualproj"])
 @SETTINGS
 @given(G=gradients())
 def test_update_conflicts_with_no_task(name, G):
@@ -57,7 +57,7 @@ def test_pcgrad_two_tasks_non_conflicting(G):
 # permutation equivariance: permuting the tasks permutes the weights ----------------------
 
 EQUIVARIANT = ["ew", "mgda", "cagrad", "imgrad", "nash_mtl", "imtl_g", "aligned_mtl", "db_mtl",
-               "msi", "gls", "uw", "imtl_l"]
+               "msi", "gls", "uw", "imtl_l", "upgrad", "dualproj", "fairgrad", "si_ls"]
 
 
 @pytest.mark.parametrize("name", EQUIVARIANT)
