@@ -80,7 +80,7 @@ def collect(search: Search, trials: Sequence[Any], wall_time_s: float) -> Search
         if col in df and len({type(v) for v in df[col].dropna()}) > 1:
             df[col] = df[col].map(lambda v: None if missing(v) else str(v))
     complete = len(df) == search.settings.trials and df.status.isin(
-        ["finished", "stopped", "failed", "nonfinite"]).all()
+        ["finished", "stopped", "failed", "nonfinite", "diverged"]).all()
     best = best_trial(df, search.mode)
     default = df[df.is_default] if "is_default" in df else df.iloc[0:0]
     best_yaml = None
@@ -93,7 +93,7 @@ def collect(search: Search, trials: Sequence[Any], wall_time_s: float) -> Search
         "scheduler": search.settings.scheduler, "trials": search.settings.trials,
         "trials_finished": int((df.status == "finished").sum()),
         "trials_stopped": int((df.status == "stopped").sum()),
-        "trials_failed": int(df.status.isin(["failed", "nonfinite"]).sum()),
+        "trials_failed": int(df.status.isin(["failed", "nonfinite", "diverged"]).sum()),
         "complete": bool(complete),
         "best_trial_id": None if best is None else best["trial_id"],
         "best_run_id": None if best is None else best["run_id"],
@@ -123,12 +123,12 @@ def _trial_row(search: Search, store: Any, keys: Sequence[str], t: Any) -> dict[
     epochs_done = last.get(TIME_ATTR, run_row.get("epochs_done"))
     run_status = run_row.get("status")
     if t.status == "ERROR":
-        status = "nonfinite" if run_status == "nonfinite" else "failed"
+        status = run_status if run_status in ("nonfinite", "diverged") else "failed"
     elif t.status == "TERMINATED":
         status = "finished" if run_status == "finished" else "stopped"
     else:
         status = "interrupted" if run_row else "pending"
-    if status == "stopped" and run_status not in ("finished", "nonfinite", "stopped"):
+    if status == "stopped" and run_status not in ("finished", "nonfinite", "diverged", "stopped"):
         store.write_run({**run_row, "status": "stopped",
                          "error": f"stopped by ASHA after {epochs_done} of "
                                   f"{search.epochs} {search.unit} (search "

@@ -70,7 +70,7 @@ def _trial(config: dict[str, Any], job: dict[str, Any]) -> None:
             reports[0] = -1  # the controller's callback reports; the driver cannot count
             summary = ray_train.fit(cfg, callbacks=[report_callback(objective.update)],
                                     max_failures=job["train_max_failures"])
-        if summary.get("status") == "nonfinite":
+        if summary.get("status") in ("nonfinite", "diverged"):
             raise TrialDiverged(summary.get("error") or "non-finite loss")
     if reports[0] <= 0:
         final = dataclasses.replace(job["objective"], run_id=cfg.run_id, values={})
