@@ -151,17 +151,26 @@ def row_verdict(delta: Cmp | None, metrics: Sequence[Cmp]) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def read_results(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_results(root: str | Path, notes: list[str] | None = None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs, reported metric rows) of a results directory, read through the results
-    store's reader (the one place that knows the layout)."""
+    store's reader (the one place that knows the layout); files it cannot read are skipped
+    and named in ``notes``."""
+    import inspect
+
     from orchestrator.reproduce.grid import import_first
 
     store = import_first("orchestrator.results.store", "orchestrator.results")
     if not (Path(root) / "runs").is_dir():
         raise ValueError(f"{str(root)!r} is not an mtlx results directory (no runs/ inside); "
                          "fix: pass the --out directory of `mtlx run` or `mtlx reproduce`")
-    runs = store.read_table(root, "runs")
-    metrics = store.read_table(root, "metrics")
+    problems: list[Any] = []
+    extra = {"problems": problems} if "problems" in inspect.signature(store.read_table).parameters else {}
+    runs = store.read_table(root, "runs", **extra)
+    metrics = store.read_table(root, "metrics", **extra)
+    if notes is not None:
+        notes += [f"skipped an unreadable results file: {p.path} ({p.reason}); rerun that run "
+                  "with --rerun" for p in problems]
     rep = metrics[metrics.split == "reported"][["run_id", "task", "metric", "value"]]
     return runs, rep
 
@@ -207,11 +216,23 @@ def match_rows(table: Table, runs: pd.DataFrame) -> tuple[dict[str, list[str]], 
         if not groups:
             continue
         best = max(groups.values(), key=len)
-        out[row.id] = best
+        out[row.id] = _one_per_seed(ok, best)
+        if len(out[row.id]) < len(best):
+            notes.append(f"row {row.id}: several runs of one seed with the same setting (run "
+                         "ids differ, e.g. made by different mtlx versions); the latest is used")
         if len(groups) > 1:
             notes.append(f"row {row.id}: {len(groups) - 1} other configuration(s) in the "
                          "results also match it; the one with the most runs is used")
     return out, notes
+
+
+def _one_per_seed(runs: pd.DataFrame, ids: list[str]) -> list[str]:
+    """The most recently finished run of each (seed, stl task) among ``ids``."""
+    sub = runs[runs.run_id.isin(ids)].copy()
+    sub["_task"] = sub["stl_task"].fillna("") if "stl_task" in sub.columns else ""
+    if "finished_at" in sub.columns:
+        sub = sub.sort_values("finished_at", na_position="first")
+    return list(sub.drop_duplicates(["seed", "_task"], keep="last").run_id)
 
 
 #: runs-table columns that define a run's setting apart from its seed and STL task (the
@@ -311,10 +332,11 @@ def compare(table: Table, root: str | Path, row_runs: Mapping[str, Sequence[str]
     found by :func:`match_rows` unless ``row_runs`` ({row id: run ids}) is given."""
     from orchestrator.reproduce.grid import runnable_rows
 
-    runs, rep = read_results(root)
     notes: list[str] = []
+    runs, rep = read_results(root, notes)
     if row_runs is None:
-        row_runs, notes = match_rows(table, runs)
+        row_runs, matched = match_rows(table, runs)
+        notes += matched
     notes += _protocol_notes(runs, [i for ids in row_runs.values() for i in ids])
     _, blocked, _ = runnable_rows(table)
     printed = column_values(table, table.rows)
