@@ -4,9 +4,11 @@
 
     mtlx run [CONFIG.yaml] [--benchmark B] [--methods m1,m2] [--seeds 0,1,2] [--epochs N]
              [--workers W] [--gpus-per-worker G] [--data-root PATH] [--out DIR] [key=value ...]
-    mtlx report RESULTS_DIR [--format markdown|csv] [--plots DIR] [--benchmark B]
+    mtlx report RESULTS_DIR [--format markdown|csv] [--plots DIR] [--benchmark B] [--against TABLE_ID]
     mtlx tune [--benchmark B] [--method M] [--trials N] [--metric val_delta_m] [--scheduler asha|none]
               [--workers-per-trial W] [--gpus-per-trial G] [--max-concurrent K] [--resume] [--out DIR]
+    mtlx reproduce --list | TABLE_ID [--data-root PATH] [--seeds 0,1,2] [--smoke] [--out DIR]
+                   [--workers W] [--ray-address A] [key=value ...]
     mtlx methods
     mtlx benchmarks
 
@@ -46,6 +48,7 @@ from orchestrator.config import (
     set_values,
     split_args,
 )
+from orchestrator.reproduce import cli as reproduce_cli
 
 #: ``mtlx run`` flag (argparse dest) → config key (flags override the YAML file)
 FLAGS = {
@@ -137,10 +140,14 @@ def add_report_parser(sub: Any) -> argparse.ArgumentParser:
     rep.add_argument("--format", default="markdown", choices=("markdown", "csv"))
     rep.add_argument("--plots", metavar="DIR", help="also write PNG plots into DIR")
     rep.add_argument("--benchmark", help="only this benchmark")
+    reproduce_cli.add_against(rep)
     return rep
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.against:  # side by side with a published table (orchestrator.reproduce)
+        return reproduce_cli.report_against(args.results, args.against, args.format,
+                                            args.plots)
     from orchestrator.report import Results, plot_all, report_text
 
     # ordinary runs: the ranked method tables; searches (mtlx tune): their own section
@@ -244,6 +251,7 @@ COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser], Handler]] = 
     ("run", add_run_parser, cmd_run),
     ("report", add_report_parser, cmd_report),
     ("tune", tune.add_parser, tune.main_tune),
+    ("reproduce", reproduce_cli.add_parser, reproduce_cli.main),
     ("methods", add_methods_parser, cmd_methods),
     ("benchmarks", add_benchmarks_parser, cmd_benchmarks),
     ("architectures", add_architectures_parser, cmd_architectures),
@@ -282,10 +290,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # overrides may follow flags (`mtlx run --seeds 0 train.lr=1e-3`): collect them here
     args, extra = parser.parse_known_args(argv)
     flags = [a for a in extra if a.startswith("-")]
-    if flags or (extra and args.command != "run"):
+    if flags or (extra and args.command not in ("run", "reproduce")):
         parser.error(f"unrecognized arguments: {' '.join(flags or extra)}")
     if args.command == "run":
         args.args = list(args.args) + extra
+    if args.command == "reproduce":
+        args.overrides = list(args.overrides) + extra
     if args.command is None:
         parser.print_help()
         return 2

@@ -3,7 +3,6 @@ against a stored result set, and `reproduce --smoke` end to end on a NYUv2 fixtu
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -16,7 +15,6 @@ import pytest
 import scipy.stats
 
 from envs.fixtures.dense import write_nyuv2
-from orchestrator.reproduce import cli as rcli
 from orchestrator.reproduce.compare import Cmp, compare, kendall_tau, row_verdict
 from orchestrator.reproduce.grid import GridError, expand, experiments, smoke_fixture
 from orchestrator.reproduce.render import csv_text, markdown
@@ -267,7 +265,8 @@ def test_report_against_runs_made_with_mtlx_run(tmp_path, capsys):
     ew = by_row["EW ×10"].metrics[0]
     assert ew.mean == pytest.approx(left.mean()) and ew.std == pytest.approx(left.std(ddof=1))
     # the CLI path writes the same view as Markdown, CSV and PNG
-    assert rcli.report_against(str(out), "multi_digits_loss_scale", "csv") == 0
+    assert cli.main(["report", str(out), "--against", "multi_digits_loss_scale", "--format",
+                     "csv"]) == 0
     text = capsys.readouterr().out
     rows = list(csv.DictReader(io.StringIO(text)))
     assert text == csv_text(cmp)
@@ -277,7 +276,7 @@ def test_report_against_runs_made_with_mtlx_run(tmp_path, capsys):
     md = markdown(cmp)
     assert "no finished runs yet: EW" in md and "Kendall τ" in md
     capsys.readouterr()
-    assert rcli.report_against(str(out), "office31_resnet18") == 2  # nothing of it in there
+    assert cli.main(["report", str(out), "--against", "office31_resnet18"]) == 2  # none there
     assert "no finished run in" in capsys.readouterr().err
     # a reference the paper trained itself: its stl runs (one per task and seed) are found,
     # and each seed's Δm is taken against the mean of the reproduced single-task values
@@ -300,15 +299,13 @@ def test_report_against_runs_made_with_mtlx_run(tmp_path, capsys):
 def test_reproduce_smoke_of_a_nyuv2_table_on_a_fixture(tmp_path, capsys):
     """`mtlx reproduce cagrad_nyuv2_c_sensitivity --smoke` on a NYUv2 fixture: four CAGrad
     configurations (four experiments) × 2 seeds, run in-process, then the side-by-side view."""
+    from orchestrator import cli
+
     root = write_nyuv2(tmp_path / "nyu", n_train=4, n_test=2)
     out = tmp_path / "res"
-    parser = argparse.ArgumentParser(prog="mtlx")
-    rcli.add_parser(parser.add_subparsers(dest="command"))
-    args, extra = parser.parse_known_args(["reproduce", "cagrad_nyuv2_c_sensitivity", "--smoke", "--workers",
-                              "0", "--seeds", "0,1", "--data-root", str(root), "--out", str(out),
-                              "bench_options.width=0.0625"])
-    assert extra == ["bench_options.width=0.0625"]  # as `mtlx` parses: overrides after flags
-    assert rcli.main(args, extra) == 0
+    argv = ["reproduce", "cagrad_nyuv2_c_sensitivity", "--smoke", "--workers", "0", "--seeds",
+            "0,1", "--data-root", str(root), "--out", str(out), "bench_options.width=0.0625"]
+    assert cli.main(argv) == 0  # the override after the flags reaches every run
     text = capsys.readouterr().out
     runs = pd.read_parquet(out / "runs")
     assert len(runs) == 8 and set(runs.status) == {"finished"}
@@ -320,8 +317,14 @@ def test_reproduce_smoke_of_a_nyuv2_table_on_a_fixture(tmp_path, capsys):
     assert "compared runs: 8, trained with epochs 1" in text and "(a smoke run)" in text
     assert (out / "reproduce" / "cagrad_nyuv2_c_sensitivity.csv").is_file()
     # rerunning skips the finished runs and prints the same comparison
-    assert rcli.main(args, extra) == 0
+    assert cli.main(argv) == 0
     assert capsys.readouterr().out == text
+    assert cli.main(["reproduce", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"| {tid} |" in listing for tid in table_paths())
+    assert "| multi_digits_loss_scale | multi_digits | 4 (4 / 0) | stl, ew, imtl_g | CPU:" in listing
+    assert cli.main(["reproduce", "no_such_table"]) == 2
+    assert "no published table 'no_such_table'" in capsys.readouterr().err
 
 
 def test_smoke_without_data_root_uses_a_fixture_of_the_published_layout(tmp_path):
