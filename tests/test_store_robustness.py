@@ -96,7 +96,10 @@ def test_resume_falls_back_to_the_previous_checkpoint(results, pristine, capsys)
     assert (ckpt / "state.prev.pt").is_file()
     _interrupt(out, run_id)
     _truncate(ckpt / "state.pt")
+    leftover = ckpt / f".state.pt.{_dead_pid()}.tmp"  # the killed writer's half checkpoint
+    leftover.write_bytes(b"half")
     assert cli.main([*ARGS, "--epochs", "2", "--out", str(out), "--no-report"]) == 0
+    assert not leftover.exists()
     assert "resuming from the previous checkpoint" in capsys.readouterr().err
     assert _reported(out, run_id) == _reported(pristine[0], run_id)  # same numbers
 
@@ -142,10 +145,11 @@ def test_temporaries_of_dead_writers_are_removed_live_ones_kept(results):
     live = d / f".e00001.parquet.{os.getpid()}.0123abcd.tmp"
     dead_ckpt = out / "checkpoints" / run_id / f".state.pt.{_dead_pid()}.tmp"
     dead_row = out / "runs" / f".{run_id}.parquet.{_dead_pid()}.0123abcd.tmp"
-    for f in (dead, live, dead_ckpt, dead_row):
+    old_format = d / ".e00002.parquet.abcdef12.tmp"  # before the pid was in the name
+    for f in (dead, live, dead_ckpt, dead_row, old_format):
         f.write_bytes(b"half")
     removed = ResultsStore(out).clean_temporaries(run_id)
-    assert set(removed) == {dead, dead_ckpt, dead_row}
+    assert set(removed) == {dead, dead_ckpt, dead_row, old_format}
     assert live.exists() and not dead.exists()
 
 

@@ -82,6 +82,8 @@ def _reason(e: BaseException) -> str:
 
 #: ``.<name>.<pid>.<random>.tmp`` (write_atomic) and ``.<name>.<pid>.tmp`` (checkpoints)
 _TMP = re.compile(r"^\..+\.(\d+)(\.[0-9a-f]{8})?\.tmp$")
+#: ``.<name>.<random>.tmp``: written by mtlx versions before the pid was in the name
+_TMP_NO_PID = re.compile(r"^\..+\.parquet\.[0-9a-f]{8}\.tmp$")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -271,7 +273,8 @@ class ResultsStore:
 
     def clean_temporaries(self, run_id: str) -> list[Path]:
         """Remove the temporary files of ``run_id`` left by writers on this host whose
-        process is gone (a killed run); returns the removed paths."""
+        process is gone (a killed run), and those without a pid (older mtlx versions; the
+        caller holds the run's lease, so their writer is gone); returns the removed paths."""
         removed = []
         dirs = [p for p in self.run_paths(run_id)[1:4] if p.is_dir()]
         candidates = [f for d in dirs for f in d.iterdir()]
@@ -279,7 +282,8 @@ class ResultsStore:
             candidates += list((self.root / "runs").glob(f".{run_id}.parquet.*.tmp"))
         for f in candidates:
             m = _TMP.match(f.name)
-            if m and f.is_file() and not _pid_alive(int(m.group(1))):
+            dead = not _pid_alive(int(m.group(1))) if m else bool(_TMP_NO_PID.match(f.name))
+            if dead and f.is_file():
                 f.unlink(missing_ok=True)
                 removed.append(f)
         return removed

@@ -99,7 +99,8 @@ def check_resources(exp: ExperimentConfig) -> None:
         raise ConfigError(f"workers must be >= 0, got {exp.workers} (0: in-process, 1: Ray "
                           "tasks, W >= 2: Ray Train with W workers)")
     if exp.cpus_per_worker < 1:
-        raise ConfigError(f"cpus_per_worker must be >= 1, got {exp.cpus_per_worker}")
+        raise ConfigError(f"cpus_per_worker must be >= 1, got {exp.cpus_per_worker}; fix: "
+                          "--cpus-per-worker 1 (the default)")
     if not (exp.gpus_per_worker >= 0 and math.isfinite(exp.gpus_per_worker)):
         raise ConfigError(f"gpus_per_worker must be >= 0, got {exp.gpus_per_worker}")
     if exp.workers >= 2 and 0 < exp.gpus_per_worker < 1:
@@ -116,7 +117,8 @@ def check_resources(exp: ExperimentConfig) -> None:
                               "process; none is visible (fix: gpus_per_worker=0, or run on a "
                               "GPU machine / with workers >= 1 on a GPU cluster)")
     if exp.max_concurrent is not None and exp.max_concurrent < 1:
-        raise ConfigError(f"max_concurrent must be >= 1, got {exp.max_concurrent}")
+        raise ConfigError(f"max_concurrent must be >= 1, got {exp.max_concurrent}; fix: leave "
+                          "it unset (as many as the resources allow) or pass N >= 1")
     if exp.max_failures < -1:
         raise ConfigError(f"max_failures must be >= -1 (-1 = unlimited), got {exp.max_failures}")
 
@@ -125,7 +127,7 @@ def _check_names(exp: ExperimentConfig) -> None:
     if not exp.methods:
         raise ConfigError("methods is empty; fix: --methods ew,pcgrad (`mtlx methods` lists them)")
     if len(set(exp.methods)) != len(exp.methods):
-        raise ConfigError(f"methods lists a name twice: {exp.methods}")
+        raise ConfigError(f"methods lists a name twice: {exp.methods}; fix: list each once")
     for name in exp.methods:
         if name == STL:
             continue
@@ -143,7 +145,8 @@ def _check_names(exp: ExperimentConfig) -> None:
     if not exp.seeds:
         raise ConfigError("seeds is empty; fix: --seeds 0,1,2")
     if len(set(exp.seeds)) != len(exp.seeds) or any(s < 0 for s in exp.seeds):
-        raise ConfigError(f"seeds must be distinct non-negative integers, got {exp.seeds}")
+        raise ConfigError(f"seeds must be distinct non-negative integers, got {exp.seeds}; "
+                          "fix: e.g. --seeds 0,1,2")
 
 
 def expand(exp: ExperimentConfig, workdir: str | None = None) -> list[RunConfig]:
