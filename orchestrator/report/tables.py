@@ -64,9 +64,11 @@ class Results:
         runs = read_table(root, "runs", problems)
         metrics = read_table(root, "metrics", problems)
         diags = read_table(root, "diagnostics", problems)
-        if len(runs):  # `running` without a live writer: killed (SIGKILL, a lost node)
-            store = ResultsStore(root)
-            lost = [store.is_lost(row) for row in runs[["run_id", "status"]].to_dict("records")]
+        if len(runs):  # `running` without a live writer: killed (SIGKILL, a lost node);
+            store = ResultsStore(root)  # Tune trials have no lease (Tune tracks them)
+            rows = runs[["run_id", "status", "search_id"]].to_dict("records")
+            lost = [(pd.isna(r["search_id"]) or r["search_id"] == "") and store.is_lost(r)
+                    for r in rows]
             runs.loc[lost, "status"] = "lost"
         if not include_trials and "search_id" in runs.columns and len(runs):
             trial = runs["search_id"].fillna("").astype(str) != ""
