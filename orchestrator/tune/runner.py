@@ -281,7 +281,11 @@ def _fit(search: Search, state: Path, exists: bool, callbacks: Sequence[Any], ve
     started = init_ray(ray_address, verbose,
                        **({} if ray_address else {"resources": {"driver_slot": s.trials}}))
     try:
-        k = capacity(search, ray.cluster_resources())
+        from orchestrator.run.launch import largest_resources
+        from orchestrator.run.ray_compat import autoscaler_max_resources
+
+        # as mtlx run: judged against what the cluster can become, not what is up now
+        k = capacity(search, largest_resources(ray.cluster_resources(), autoscaler_max_resources()))
         job = {"base": search.base, "search_id": search.search_id,
                "objective": search.objective, "train_max_failures": search.exp.max_failures}
         trainable = ray_tune.with_resources(ray_tune.with_parameters(_trial, job=job),
