@@ -17,6 +17,7 @@ medians of the same run. Run by hand, not in CI:
     .venv/bin/python bench/engine_speed.py --setup celeba40 --steps 3 --rounds 1
     .venv/bin/python bench/engine_speed.py --jacobian   # loop vs batched Jacobian
     .venv/bin/python bench/engine_speed.py --solvers     # Nash-MTL and CAGrad/IMGrad solve times
+    .venv/bin/python bench/engine_speed.py --interleaved --steps 12   # one process, round-robin
     .venv/bin/python bench/engine_speed.py --setup segnet_nyuv2 --device cuda --precision bf16
 
 ``--device cuda`` times with device synchronisation and reports peak GPU memory;
@@ -161,6 +162,40 @@ def one(setup: str, name: str, level: str, steps: int, warmup: int, jac_mode: st
     return {"method": name, "level": level, "times": times, "peak_rss_mb": mem}
 
 
+def interleaved(setup: str, steps: int, warmup: int, only: list[str] | None) -> None:
+    """All (method, level) cases in one process, one timed step each per round, round after
+    round: on a machine shared with other work the slowdowns then fall on every method
+    alike, so the × EW ratios (medians over rounds) stay meaningful. No memory column."""
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model, T, shared, heads, losses_fn = workload(setup, torch.device("cpu"))
+    todo = [c for c in cases() if only is None or c[0] in only or c[0] == "ew"]
+    ms = {c: methods.create(c[0], T) for c in todo}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    times: dict[tuple[str, str], list[float]] = {c: [] for c in todo}
+    for r in range(warmup + steps):
+        for c in todo if r % 2 == 0 else todo[::-1]:
+            m = ms[c]
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            losses, rep = losses_fn()
+            methods.backward(m, losses, shared, heads, rep=rep, level=c[1])
+            opt.step()
+            if m.uses_after_step:
+                with torch.no_grad():
+                    m.after_step(losses_fn()[0])
+            if r >= warmup:
+                times[c].append(time.perf_counter() - t0)
+    ew = statistics.median(times[("ew", "param")])
+    print(f"\nsetup={setup}, interleaved in one process: {steps} rounds (after {warmup} "
+          f"warm-up), every case once per round, order alternating; torch={torch.__version__}\n")
+    print("| method | level | median s/step | × EW (median) | min s/step |")
+    print("|---|---|---|---|---|")
+    for (name, level), ts in sorted(times.items(), key=lambda kv: (kv[0][1], statistics.median(kv[1]))):
+        med = statistics.median(ts)
+        print(f"| {name} | {level} | {med:.3f} | {med / ew:.2f} | {min(ts):.3f} |")
+
+
 def cases():
     out = []
     for name in methods.available():
@@ -286,6 +321,8 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated method names (EW always included)")
     ap.add_argument("--jacobian", action="store_true")
     ap.add_argument("--solvers", action="store_true")
+    ap.add_argument("--interleaved", action="store_true",
+                    help="every case in one process, one step each per round (shared machines)")
     a = ap.parse_args()
     if a.one:
         print(json.dumps(one(a.setup, a.one, a.level, a.steps, a.warmup, a.jacobian_mode,
@@ -294,6 +331,8 @@ def main() -> None:
         bench_jacobian(a.setup)
     elif a.solvers:
         bench_solvers()
+    elif a.interleaved:
+        interleaved(a.setup, a.steps, a.warmup, a.only.split(",") if a.only else None)
     else:
         run_all(a.setup, a.steps, a.warmup, a.rounds, a.jacobian_mode,
                 a.only.split(",") if a.only else None, a.device, a.precision)
