@@ -94,7 +94,7 @@ def test_multinode_cluster_exactness_and_node_loss(tmp_path):
     _same_metrics(zero, two, 1e-3, 1e-3)
     # a node hosting a Train worker killed after the first checkpoint, a fresh one added
     nl = res["node_loss"]
-    assert nl["status"] == ["finished", "finished"], nl["errors"]
+    assert nl["status"] == ["finished"], nl["errors"]  # one run: the W=2 one
     assert nl["checkpoint_epoch_at_kill"] is not None and nl["checkpoint_epoch_at_kill"] < 5
     assert nl["workers_started"] >= 4  # a new worker group (or a new fit) after the kill
     assert nl["run_id"] == ex["run_ids"]["w2"]  # the same run, in another results directory
