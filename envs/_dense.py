@@ -67,7 +67,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from envs import architectures
-from envs._sampling import EpochDataLoader, ShardedBatchSampler
+from envs._sampling import EpochDataLoader, ShardedBatchSampler, worker_options
 from envs.base import Benchmark, Evaluator, Forward, Metric, MTLModel, Protocol
 from envs.metrics import ConfusionMatrix, DepthErrors, NormalErrors
 from envs.models import ResNetASPP, SegNetMTAN
@@ -728,19 +728,19 @@ class DenseBenchmark(Benchmark):
         world_size: int = 1,
         drop_last: bool = False,
         num_workers: int = 0,
+        pin_memory: bool = False,
     ) -> EpochDataLoader:
         """Batches of ``split`` for one rank (:mod:`envs._sampling`: ``batch_size`` is per
         rank, the global batch is ``batch_size · world_size``; distributed training needs
         ``drop_last=True`` for equal per-rank batches). Each iteration is the next pass
         (new order and augmentation draws); ``loader.set_epoch(e)`` selects pass ``e``."""
         ds = self.dataset(split, seed=seed)
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+        workers = worker_options(num_workers, pin_memory)
         inner = ShardedBatchSampler(
             len(ds), batch_size, shuffle=shuffle, seed=seed, rank=rank,
             world_size=world_size, drop_last=drop_last,
         )
-        return EpochDataLoader(ds, batch_sampler=_PassKeyedSampler(inner), num_workers=num_workers)
+        return EpochDataLoader(ds, batch_sampler=_PassKeyedSampler(inner), **workers)
 
     def forward_losses(self, model: MTLModel, batch: Mapping[str, Tensor]) -> Forward:
         preds, rep = model(batch["image"])

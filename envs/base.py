@@ -140,7 +140,11 @@ class Benchmark:
         world_size: int = 1,
         drop_last: bool = False,
         num_workers: int = 0,
+        pin_memory: bool = False,
     ) -> Iterable[Any]:
+        """Batches of ``split`` for one rank (``batch_size`` per rank). ``num_workers``
+        loader processes and ``pin_memory`` (for CUDA) change speed only, never the batches
+        (:func:`envs._sampling.worker_options`); in-memory benchmarks ignore both."""
         raise NotImplementedError
 
     def forward_losses(self, model: MTLModel, batch: Any) -> Forward:

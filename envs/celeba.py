@@ -62,7 +62,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from envs import architectures
-from envs._sampling import EpochDataLoader, ShardedBatchSampler
+from envs._sampling import EpochDataLoader, ShardedBatchSampler, worker_options
 from envs.base import Benchmark, Evaluator, Forward, Metric, MTLModel, Protocol, register
 from envs.metrics import Accuracy, BinaryF1
 
@@ -361,14 +361,14 @@ class CelebA(Benchmark):
 
     def make_loader(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                     rank: int = 0, world_size: int = 1, drop_last: bool = False,
-                    num_workers: int = 0) -> EpochDataLoader:
+                    num_workers: int = 0, pin_memory: bool = False) -> EpochDataLoader:
         """Batches ``(images [B, 3, S, S], labels [B, 40])``; ``batch_size`` is per rank.
         Each ``iter()`` is the next seeded pass (``loader.set_epoch(e)`` to resume); see
         :mod:`envs._sampling` for the sharding rules."""
         ds = self.dataset(split)
         sampler = ShardedBatchSampler(len(ds), batch_size, shuffle=shuffle, seed=seed, rank=rank,
                                       world_size=world_size, drop_last=drop_last)
-        return EpochDataLoader(ds, batch_sampler=sampler, num_workers=num_workers)
+        return EpochDataLoader(ds, batch_sampler=sampler, **worker_options(num_workers, pin_memory))
 
     def forward_losses(self, model: MTLModel, batch: Any) -> Forward:
         x, y = batch

@@ -425,6 +425,7 @@ class MultiDigits(Benchmark):
         world_size: int = 1,
         drop_last: bool = False,
         num_workers: int = 0,  # in-memory tensors: worker processes would only add overhead
+        pin_memory: bool = False,
     ) -> TensorBatchLoader:
         return TensorBatchLoader(
             self.data(split), batch_size, shuffle=shuffle, seed=seed, rank=rank,

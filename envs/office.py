@@ -85,7 +85,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from envs import architectures
-from envs._sampling import CyclingBatchSampler, ShardedBatchSampler, check_shard
+from envs._sampling import (
+    CyclingBatchSampler,
+    ShardedBatchSampler,
+    check_shard,
+    worker_options,
+)
 from envs.base import Benchmark, Evaluator, Forward, Metric, MTLModel, Protocol, register
 from envs.metrics import Accuracy
 
@@ -136,12 +141,13 @@ class OfficeLoader:
     """
 
     def __init__(self, datasets: Mapping[str, OfficeDataset], batch_size: int, *, shuffle: bool,
-                 seed: int, rank: int, world_size: int, drop_last: bool, num_workers: int):
+                 seed: int, rank: int, world_size: int, drop_last: bool, num_workers: int,
+                 pin_memory: bool = False):
         check_shard(batch_size, rank, world_size)
         self.datasets = dict(datasets)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.num_workers = num_workers
+        self.workers = worker_options(num_workers, pin_memory)
         self.epoch = 0
         if shuffle:
             per_pass = {}
@@ -168,7 +174,7 @@ class OfficeLoader:
         return self.steps
 
     def _loader(self, ds: OfficeDataset, sampler) -> DataLoader:
-        return DataLoader(ds, batch_sampler=sampler, num_workers=self.num_workers)
+        return DataLoader(ds, batch_sampler=sampler, **self.workers)
 
     def __iter__(self) -> Iterator[dict[str, tuple[Tensor, Tensor]]]:
         epoch, self.epoch = self.epoch, self.epoch + 1
@@ -547,13 +553,14 @@ class _Office(Benchmark):
 
     def make_loader(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                     rank: int = 0, world_size: int = 1, drop_last: bool = False,
-                    num_workers: int = 0) -> OfficeLoader:
+                    num_workers: int = 0, pin_memory: bool = False) -> OfficeLoader:
         """``{domain: (images, labels)}`` batches, ``batch_size`` per domain and rank; see
         :class:`OfficeLoader` (training iteration when ``shuffle``; ``drop_last`` then has
         no effect: training always drops incomplete batches, as LibMTL)."""
         datasets = {d: self.dataset(split, d) for d in self.domains}
         return OfficeLoader(datasets, batch_size, shuffle=shuffle, seed=seed, rank=rank,
-                            world_size=world_size, drop_last=drop_last, num_workers=num_workers)
+                            world_size=world_size, drop_last=drop_last, num_workers=num_workers,
+                            pin_memory=pin_memory)
 
     def forward_losses(self, model: MTLModel, batch: Any) -> Forward:
         if not isinstance(batch, Mapping) or not set(batch) <= set(self.tasks) or not batch:

@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from envs._sampling import EpochDataLoader, ShardedBatchSampler
+from envs._sampling import EpochDataLoader, ShardedBatchSampler, worker_options
 from envs.base import Benchmark, Evaluator, Forward, Metric, MTLModel, Protocol, register
 from envs.metrics import MeanAbsoluteError
 
@@ -338,7 +338,7 @@ class QM9(Benchmark):
 
     def make_loader(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                     rank: int = 0, world_size: int = 1, drop_last: bool = False,
-                    num_workers: int = 0) -> EpochDataLoader:
+                    num_workers: int = 0, pin_memory: bool = False) -> EpochDataLoader:
         """PyG ``Batch`` objects (``batch.y``: [B, 11] normalised targets); ``batch_size``
         per rank; each ``iter()`` is the next seeded pass (``set_epoch`` to resume)."""
         from torch_geometric.loader.dataloader import Collater
@@ -347,7 +347,7 @@ class QM9(Benchmark):
         sampler = ShardedBatchSampler(len(ds), batch_size, shuffle=shuffle, seed=seed, rank=rank,
                                       world_size=world_size, drop_last=drop_last)
         return EpochDataLoader(ds, batch_sampler=sampler, collate_fn=Collater(ds),
-                               num_workers=num_workers)
+                               **worker_options(num_workers, pin_memory))
 
     def forward_losses(self, model: MTLModel, batch: Any) -> Forward:
         pred, rep = model(batch)

@@ -340,6 +340,7 @@ class Toy(Benchmark):
         world_size: int = 1,
         drop_last: bool = False,
         num_workers: int = 0,
+        pin_memory: bool = False,
     ) -> DummyLoader:
         if split not in self.splits:
             raise ValueError(f"split must be one of {list(self.splits)}, got {split!r}")

@@ -110,9 +110,11 @@ _COUNT, _COUNT0 = Valid(low=1, integer=True), Valid(low=0, integer=True)
 _POSITIVE, _NONNEG = Valid(low=0.0, low_open=True), Valid(low=0.0)
 
 
-def _f(default: Any = None, help: str = "", factory: Any = None, valid: Valid | None = None
-       ) -> Any:
-    metadata = {"help": help, "valid": valid}
+def _f(default: Any = None, help: str = "", factory: Any = None, valid: Valid | None = None,
+       identity: bool = True) -> Any:
+    """A config field; ``identity=False``: it changes how fast a run goes, never its numbers,
+    so it is left out of the run id (:meth:`RunConfig.identity`)."""
+    metadata = {"help": help, "valid": valid, "identity": identity}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -186,6 +188,17 @@ class TrainConfig:
         "loss; None = the trainer's default (supervised: 1e4; RL: off)",
         valid=Valid(low=1.0, low_open=True),
     )
+    loader_workers: int | None = _f(
+        help="data-loader processes per worker (persistent; batches are the same for any "
+        "count); None = cpus_per_worker - 1 (at most 8) on CUDA, 0 on CPU, where the CPUs "
+        "compute", valid=_COUNT0, identity=False,
+    )
+
+
+def speed_only_fields() -> tuple[str, ...]:
+    """The :class:`TrainConfig` fields that never change a run's numbers."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig)
+                 if not f.metadata.get("identity", True))
 
 
 @dataclass
@@ -264,8 +277,9 @@ class RunConfig:
         """The fields that determine the numbers: hashed into the run id.
 
         Not included: where data and results live, the device, CPUs/GPUs per worker, the
-        plugins. ``workers`` enters only when > 1 (0 and 1 are the same single-process
-        computation; W > 1 drops the last incomplete global batch of an epoch)."""
+        plugins, the speed-only train fields (:func:`speed_only_fields`). ``workers`` enters
+        only when > 1 (0 and 1 are the same single-process computation; W > 1 runs are the
+        same epochs too, but their ids predate that and stay as they were)."""
         ident: dict[str, Any] = {
             "benchmark": self.benchmark,
             "method": self.method,
@@ -278,6 +292,8 @@ class RunConfig:
         }
         if self.train.divergence_factor is None:  # unset: existing run ids stay the same
             del ident["train"]["divergence_factor"]
+        for name in speed_only_fields():
+            del ident["train"][name]
         if self.world_size > 1:
             ident["world_size"] = self.world_size
         for key in ("trial_id", "search_id"):

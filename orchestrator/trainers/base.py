@@ -43,6 +43,7 @@ It is registered with :func:`orchestrator.run.registry.register_trainer` and cal
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import random
@@ -305,6 +306,26 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+#: most loader processes the automatic ``train.loader_workers`` starts per Train worker
+MAX_AUTO_LOADER_WORKERS = 8
+
+
+def loader_options(bench: Any, cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+    """``bench.make_loader`` keywords of a run: ``train.loader_workers`` processes (None: all
+    but one of the worker's CPUs on CUDA, none on CPU, where those CPUs run the model), and
+    pinned memory on CUDA so that batch copies do not block the step. A plugin benchmark
+    whose ``make_loader`` predates these keywords is not passed them."""
+    workers = cfg.train.loader_workers
+    if workers is None:
+        cuda = device.type == "cuda"
+        workers = min(MAX_AUTO_LOADER_WORKERS, max(0, cfg.cpus_per_worker - 1)) if cuda else 0
+    opts = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    params = inspect.signature(bench.make_loader).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return opts
+    return {k: v for k, v in opts.items() if k in params}
 
 
 def data_hint(name: str, data_root: str | None, e: Exception) -> str:

@@ -77,6 +77,7 @@ from orchestrator.trainers.base import (
     diagnostic_rows,
     first_nonfinite_grad,
     is_nonfinite_gradients,
+    loader_options,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -293,7 +294,8 @@ class _Step:
         t = self.cfg.train
         self.model.eval()
         ev = self.bench.new_evaluator()
-        loader = self.bench.make_loader(split, t.eval_batch_size or t.batch_size, shuffle=False)
+        loader = self.bench.make_loader(split, t.eval_batch_size or t.batch_size, shuffle=False,
+                                        **loader_options(self.bench, self.cfg, self.ctx.device))
         # Per-task counts: multi-input benchmarks (Office) give a task whose data ran out a
         # NaN loss in the remaining batches; average each task over its own batches only.
         sums = torch.zeros(len(self.tasks), dtype=torch.float64)
@@ -385,7 +387,8 @@ class _Loop:
         world = self.ctx.world_size
         seed = self.cfg.seed + (epoch or 0)
         return self.bench.make_loader("train", self.t.batch_size // world, shuffle=True,
-                                      seed=seed, rank=self.ctx.rank, world_size=world)
+                                      seed=seed, rank=self.ctx.rank, world_size=world,
+                                      **loader_options(self.bench, self.cfg, self.ctx.device))
 
     def share(self, loader: Any, step: int) -> float | None:
         """This rank's loss scale ``W·n_r/N`` at ``step`` (None when the shares are equal)."""
