@@ -56,15 +56,22 @@ def test_report_lists_a_truncated_runs_file_and_goes_on(results, capsys):
     assert f"--rerun (its id: {run_id})" in err
 
 
-@pytest.mark.parametrize("table", ["metrics", "diagnostics"])
-def test_report_and_plots_survive_a_zero_byte_file(results, tmp_path, capsys, table):
+@pytest.mark.parametrize("table,part,damage", [
+    ("metrics", "e00000", "zero"), ("metrics", "e00000", "truncate"),
+    ("metrics", "reported", "truncate"), ("diagnostics", "e00000", "zero"),
+])
+def test_report_and_plots_survive_a_damaged_file(results, tmp_path, capsys, table, part, damage):
     out, run_id = results
-    victim = sorted((out / table / run_id).glob("*.parquet"))[0]
-    victim.write_bytes(b"")
+    victim = out / table / run_id / f"{part}.parquet"
+    assert victim.is_file()
+    victim.write_bytes(b"") if damage == "zero" else _truncate(victim)
     assert cli.main(["report", str(out), "--plots", str(tmp_path / "plots")]) == 0
     captured = capsys.readouterr()
     assert f"skipped unreadable {victim}" in captured.err
-    assert "| 1 | ew |" in captured.out  # the run is still ranked from its other files
+    if part != "reported":
+        assert "| 1 | ew |" in captured.out  # the run is still ranked from its other files
+    else:  # without its reported numbers the run cannot be ranked, and the report says why
+        assert "| 1 | ew |" not in captured.out and run_id in captured.out
 
 
 def test_a_new_run_reports_despite_another_runs_corrupt_metrics(results, capsys):
