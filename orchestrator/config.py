@@ -185,7 +185,7 @@ class TrainConfig:
     )
     divergence_factor: float | None = _f(
         help="stop a run (status diverged) when a task's loss exceeds this × its first-step "
-        "loss; None = the trainer's default (supervised: 1e4; RL: off)",
+        "loss; None = the trainer's default (supervised: 1e4; RL: none, and setting it is refused)",
         valid=Valid(low=1.0, low_open=True),
     )
     loader_workers: int | None = _f(

@@ -363,6 +363,17 @@ def test_config_validation():
     assert (c.steps, c.lr, c.apply_to, c.alpha) == (7, 1e-3, ("critic",), "per_task")
 
 
+def test_divergence_factor_is_refused_up_front_for_sac(tmp_path, capsys):
+    from orchestrator import cli
+
+    argv = ["run", "--benchmark", "mt10", "--methods", "ew", "--seeds", "0", "--workers", "0",
+            "--out", str(tmp_path), "--no-report", "train.divergence_factor=100"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "train.divergence_factor is not supported for mt10" in err and "fix: leave it" in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_log_based_methods_get_only_the_positive_critic_loss():
     """Methods that reject negative losses are found by asking them (no name list): they are
     applied to the critic only, whose squared error is always positive."""

@@ -258,6 +258,13 @@ def validate(runs: Sequence[RunConfig], bench: envs.Benchmark) -> None:
                 raise ValueError(f"SAC uses Adam without weight decay or schedule; "
                                  f"train.{name}={getattr(t, name)!r} is not supported for "
                                  f"{bench.name}")
+        if t.divergence_factor is not None:
+            raise ValueError(
+                f"train.divergence_factor is not supported for {bench.name}: SAC's critic "
+                "losses grow legitimately as the Q-values grow with the returns, so a bound "
+                "relative to the first step would stop healthy runs; fix: leave it unset "
+                "(non-finite losses and gradients still stop a run as nonfinite, naming the task)"
+            )
         T = bench.num_tasks
         m = methods.create(run.method, T, seed=run.seed, **run.hparams)
         signed_ok = takes_signed_losses(run.method, T, run.hparams)
