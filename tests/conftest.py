@@ -31,8 +31,8 @@ def ray_session():
         os.environ.setdefault(key, value)
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=2, num_gpus=0, resources={"driver_slot": 4}, log_to_driver=False,
-                 configure_logging=False)
+        ray.init(address="local", num_cpus=2, num_gpus=0, resources={"driver_slot": 4},
+                 log_to_driver=False, configure_logging=False)
         started = True
     yield ray
     if started:

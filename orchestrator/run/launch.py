@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -165,7 +166,10 @@ def _fit_entry(cfg: RunConfig, sink: Any, max_failures: int) -> dict[str, Any]:
 
 
 def init_ray(address: str | None = None, verbose: bool = False, **kwargs: Any) -> bool:
-    """Start a local Ray (or connect to ``address``); True if this call started it."""
+    """Start a local Ray (or connect to ``address``, else to ``RAY_ADDRESS`` if set, as a
+    Ray Job's entrypoint is); True if this call started it. Without either, a new local Ray
+    is started even if the machine runs another (``ray.init()`` alone would join the latest
+    ``ray start`` cluster of the machine)."""
     import ray
 
     from orchestrator.run.ray_compat import check_version
@@ -173,8 +177,13 @@ def init_ray(address: str | None = None, verbose: bool = False, **kwargs: Any) -
     check_version(ray.__version__)
     if ray.is_initialized():
         return False
-    ray.init(address=address, log_to_driver=verbose,
+    local = address is None and not os.environ.get("RAY_ADDRESS")
+    ray.init(address="local" if local else address, log_to_driver=verbose,
              logging_level=logging.INFO if verbose else logging.ERROR, **kwargs)
+    if local:  # stopped even if this process is SIGKILLed
+        from orchestrator.run.reaper import start_reaper
+
+        start_reaper()
     return True
 
 
