@@ -30,12 +30,7 @@ EXPERTS = {"mmoe": {"num_experts": 2}, "cgc": {"num_experts": 1}, "ple": {"num_e
            "dselect_k": {"num_experts": 4, "num_nonzeros": 2}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

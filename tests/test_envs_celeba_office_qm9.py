@@ -20,7 +20,9 @@ from envs.base import Forward
 from envs.fixtures import files as fx
 from methods.engine import jacobian
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script in PyG
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),  # torch.jit.script in PyG
+              # many small backward passes: 2 threads under load made them ~20x slower
+              pytest.mark.usefixtures("one_thread")]
 
 
 # ---------------------------------------------------------------------------------------
@@ -31,14 +33,6 @@ CELEBA_PARTITION = (0,) * 12 + (1,) * 5 + (2,) * 7
 OFFICE31_PER_CLASS = (6, 5, 7)  # → per class train/val/test 3/1/2, 3/1/1, 4/1/2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Per-task Jacobians are many small backward passes: one thread avoids oversubscribing
-    the shared CPU (2 threads under load made them ~20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

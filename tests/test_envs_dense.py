@@ -31,13 +31,7 @@ from envs.models.resnet_aspp import load_resnet50_weights
 TINY = 1 / 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions: OpenMP threads only add spin-wait overhead on a shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
