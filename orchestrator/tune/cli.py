@@ -14,6 +14,7 @@ from orchestrator.config import (
     add_common_flags,
     set_values,
     split_args,
+    storage_overrides,
 )
 from orchestrator.tune.results import SearchOutcome
 from orchestrator.tune.runner import run_search
@@ -101,6 +102,7 @@ def search_from_args(args: argparse.Namespace) -> tuple[Search, dict[str, Any]]:
                 setattr(args, k, v)
         positional = list(rest.args)
     data, overrides = split_args(positional, "space.NAME=SPEC or key=value overrides")
+    overrides = [*storage_overrides(getattr(args, "storage_options", None)), *overrides]
     flags = {key: getattr(args, flag, None) for flag, key in _EXP_FLAGS.items()}
     flags.update({f"tune.{flag}": getattr(args, flag, None) for flag in _TUNE_FLAGS})
     data = set_values(data, {k: v for k, v in flags.items() if v is not None})
