@@ -207,6 +207,10 @@ class StorageConfig:
     request_timeout: float | None = _f(help="seconds per request; None = the AWS SDK's",
                                        valid=_POSITIVE)
     retry_attempts: int = _f(3, help="attempts per request before an error", valid=_COUNT)
+    forward_credentials: bool = _f(
+        True, help="pass this process's AWS_* credential variables to the run's Ray workers "
+        "(runtime_env env_vars, readable by who can read the cluster's state); false: the "
+        "nodes' own environment, ~/.aws or instance roles provide them")
 
 
 @dataclass

@@ -134,33 +134,52 @@ def test_an_unreadable_object_is_skipped_and_listed(s3):
 
 
 def test_cli_run_and_report_on_s3(s3, tmp_path, capsys):
-    """``mtlx run --out s3://...`` in a fresh process (one Ray task per run: the worker opens
-    the store from the location and options it is given), then ``mtlx report s3://...``."""
+    """``mtlx run --out s3://...`` in a fresh process, then ``mtlx report s3://...``."""
     client, bucket = s3
     uri = f"s3://{bucket}/exp"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "run", *CLI, "--epochs", "1", "--workers", "1",
+        [sys.executable, "-m", "orchestrator", "run", *CLI, "--epochs", "1", "--workers", "0",
          "train.max_steps_per_epoch=2", "train.max_eval_batches=1", "--out", uri],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "s3:").exists()  # nothing written to a local "s3:" folder
-    keys = _keys(client, bucket, "exp/")
-    [run_id] = [k.removeprefix("exp/runs/").removesuffix(".parquet") for k in keys
-                if k.startswith("exp/runs/")]
-    assert f"exp/checkpoints/{run_id}/state.pt" in keys
-    assert any(k.startswith(f"exp/metrics/{run_id}/") for k in keys)
-    assert not any(k.startswith("exp/leases/") or k.endswith(".tmp") for k in keys)
-    assert ResultsStore(uri).read_run(run_id)["status"] == "finished"
-
+    run_id = _finished_run(client, bucket, uri)
     assert cli.main(["report", uri]) == 0
     out = capsys.readouterr().out
-    assert "multi_digits" in out and "ew" in out
-    # a second run of the same command finds the finished run in the bucket and skips it
+    assert "multi_digits" in out and "| ew " in out
+    # the same command again finds the finished run in the bucket and skips it
     assert cli.main(["run", *CLI, "--epochs", "1", "--workers", "0", "--no-report",
                      "train.max_steps_per_epoch=2", "train.max_eval_batches=1",
                      "--out", uri]) == 0
-    assert "skipped" in capsys.readouterr().err
+    assert f"{run_id}" in capsys.readouterr().err
+    assert _finished_run(client, bucket, uri) == run_id
+
+
+def _finished_run(client, bucket, uri):
+    prefix = uri.split("/", 3)[3]
+    keys = _keys(client, bucket, f"{prefix}/")
+    [run_id] = [k.removeprefix(f"{prefix}/runs/").removesuffix(".parquet") for k in keys
+                if k.startswith(f"{prefix}/runs/")]
+    assert f"{prefix}/checkpoints/{run_id}/state.pt" in keys
+    assert any(k.startswith(f"{prefix}/metrics/{run_id}/") for k in keys)
+    assert not any(k.startswith(f"{prefix}/leases/") or k.endswith(".tmp") for k in keys)
+    assert ResultsStore(uri).read_run(run_id)["status"] == "finished"
+    return run_id
+
+
+def test_a_ray_task_writes_the_run_to_s3(s3, ray_session):
+    """``--workers 1``: the run executes in a Ray worker process, which opens the store from
+    the location and the options the run carries (the endpoint resolved in the driver)."""
+    client, bucket = s3
+    uri = f"s3://{bucket}/ray"
+    exp = experiment_from_dict(dict(
+        benchmark="multi_digits", methods=["ew"], seeds=[0], workers=1, out=uri,
+        bench_options=SMALL, train={"epochs": 1, "max_steps_per_epoch": 2, "max_eval_batches": 1}))
+    [o] = run_experiment(exp)
+    assert o.status == "finished", o.error
+    assert _finished_run(client, bucket, uri) == o.run_id
+    assert ResultsStore(uri).read_run(o.run_id)["hostname"]
 
 
 PLUGIN = '''

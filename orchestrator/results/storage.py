@@ -299,6 +299,22 @@ def credentials_source(opts: StorageConfig) -> str | None:
     return None
 
 
+def worker_env(location: str, opts: StorageConfig) -> dict[str, str]:
+    """The environment variables a Ray worker needs to reach ``location`` beyond what the run
+    carries (its endpoint and region are in ``RunConfig.storage``): this process's AWS
+    credential variables, for an ``s3://`` location with ``forward_credentials``; else {}."""
+    if not (location.startswith("s3://") and opts.forward_credentials):
+        return {}
+    names = (*_AWS_CREDENTIAL_ENV[:4], "AWS_EC2_METADATA_DISABLED", "AWS_CA_BUNDLE")
+    return {k: os.environ[k] for k in names if os.environ.get(k)}
+
+
+def runtime_env(location: str, opts: StorageConfig) -> dict[str, Any] | None:
+    """A Ray ``runtime_env`` with :func:`worker_env`, None when there is nothing to pass."""
+    env = worker_env(location, opts)
+    return {"env_vars": env} if env else None
+
+
 def s3_filesystem(opts: StorageConfig) -> pafs.S3FileSystem:
     """An :class:`pyarrow.fs.S3FileSystem` from ``opts`` and the environment (see the module
     docstring); cached per settings, so building stores is cheap."""

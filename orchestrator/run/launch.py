@@ -48,6 +48,7 @@ from typing import Any, TextIO
 
 from orchestrator.config import ConfigError, ExperimentConfig, RunConfig, StorageConfig
 from orchestrator.results import ResultsStore
+from orchestrator.results.storage import runtime_env
 from orchestrator.run.execute import train_run
 from orchestrator.run.plan import plan
 from orchestrator.run.progress import ProgressBoard, ProgressSink
@@ -295,16 +296,18 @@ def _run_ray(exp: ExperimentConfig, todo: list[RunConfig], board: ProgressBoard,
         on_driver = driver_node_strategy()
         sink = ray.remote(num_cpus=0)(ProgressSink).options(
             scheduling_strategy=on_driver).remote()
+        # an object-store --out: the run's workers get the driver's credentials (storage.py)
+        env = {"runtime_env": e} if (e := runtime_env(todo[0].out, todo[0].storage)) else {}
         if exp.workers == 1:
             remote = ray.remote(_task_entry).options(
                 num_cpus=exp.cpus_per_worker, num_gpus=exp.gpus_per_worker,
-                max_retries=retries, retry_exceptions=False)
+                max_retries=retries, retry_exceptions=False, **env)
 
             def submit(r: RunConfig):
                 return remote.remote(r, sink)
         else:
             remote = ray.remote(_fit_entry).options(num_cpus=0, max_retries=0,
-                                                    scheduling_strategy=on_driver)
+                                                    scheduling_strategy=on_driver, **env)
 
             def submit(r: RunConfig):
                 return remote.remote(r, sink, retries)

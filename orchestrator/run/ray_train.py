@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.config import RunConfig
-from orchestrator.results.storage import open_storage
+from orchestrator.results.storage import open_storage, runtime_env
 from orchestrator.run.execute import train_run
 from orchestrator.trainers.base import RunContext
 
@@ -106,6 +106,7 @@ def _fit_once(cfg: RunConfig, sink: Any, callbacks: Sequence[Any], max_failures:
                 max_failures=max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT,
             ),
             callbacks=list(callbacks),
+            worker_runtime_env=runtime_env(cfg.out, cfg.storage) or {},
         ),
     )  # fmt: skip
     result = trainer.fit()
