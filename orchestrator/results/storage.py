@@ -42,8 +42,8 @@ import pyarrow.fs as pafs
 
 from orchestrator.config import ConfigError, StorageConfig
 
-#: URI schemes whose filesystems are object stores (no rename; one PUT per file)
-OBJECT_SCHEMES = ("s3", "gs", "gcs")
+#: pyarrow filesystems (``type_name``) of object stores: keys, no directories to create
+OBJECT_FS = ("s3", "gcs")
 _AWS_CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
@@ -112,6 +112,8 @@ class Storage:
         """Write ``data`` to ``rel`` atomically (see the module docstring); with ``backup``
         the file ``rel`` held before is kept there (checkpoints keep the previous one)."""
         if not self.local:
+            if self.fs.type_name not in OBJECT_FS:  # a real directory tree needs its parents
+                self.fs.create_dir(self.path(rel).rpartition("/")[0], recursive=True)
             if backup is not None and self.kind(rel) == "file":
                 self.fs.copy_file(self.path(rel), self.path(backup))
             with self.fs.open_output_stream(self.path(rel)) as f:
