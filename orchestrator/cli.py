@@ -158,7 +158,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     # ordinary runs: the ranked method tables; searches (mtlx tune): their own section
     storage = storage_config(args.storage_options)
-    searches = tune.tune_report(args.results, fmt=args.format)
+    searches = tune.tune_report(args.results, fmt=args.format, storage=storage)
     try:
         res = Results.load(args.results, storage=storage)
         text = report_text(res, args.benchmark, args.format) if len(res.runs) or not searches else ""
@@ -171,7 +171,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(("\n" if text else "") + searches, end="")
     if args.plots:
         files = plot_all(res, args.plots, args.benchmark) if len(res.runs) else []
-        files += tune.plot_search(args.results, args.plots)
+        files += tune.plot_search(args.results, args.plots, storage=storage)
         print(f"wrote {len(files)} plot(s) to {args.plots}/", file=sys.stderr)
     return 0
 

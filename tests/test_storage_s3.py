@@ -308,3 +308,25 @@ def test_storage_options_are_checked_with_did_you_mean(capsys):
     assert "unknown config key 'storage.endpont_url' (did you mean 'endpoint_url'?)" in \
         capsys.readouterr().err
     assert StorageConfig().retry_attempts == 3
+
+
+def test_tune_on_s3_writes_search_state_and_best_yaml(s3, ray_session, capsys):
+    """``mtlx tune --out s3://...``: trials' runs, the search's tables, ``best.yaml`` and
+    Tune's own experiment state land in the bucket; ``mtlx report`` shows the search."""
+    from orchestrator.tune import main_tune, parse_tune_args
+
+    client, bucket = s3
+    uri = f"s3://{bucket}/tune"
+    argv = ["--trials", "2", "--out", uri, "--epochs", "1", "train.max_steps_per_epoch=2",
+            "train.max_eval_batches=1"]
+    assert main_tune(parse_tune_args(argv)) == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "benchmark: multi_digits" in printed.out  # best.yaml, read back from the bucket
+    keys = _keys(client, bucket, "tune/")
+    [sid] = {k.split("/")[2] for k in keys if k.startswith("tune/searches/")}
+    for name in ("summary.parquet", "trials.parquet", "best.yaml", "tune/tuner.pkl"):
+        assert f"tune/searches/{sid}/{name}" in keys, name
+    runs = read_table(uri, "runs")
+    assert len(runs) == 2 and set(runs.status) == {"finished"} and set(runs.search_id) == {sid}
+    assert cli.main(["report", uri]) == 0
+    assert f"### search {sid}" in capsys.readouterr().out

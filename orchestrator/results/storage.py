@@ -103,6 +103,19 @@ class Storage:
         return sorted(f"{rel}/{i.path[len(base) + 1:]}" for i in self.fs.get_file_info(sel)
                       if i.type == pafs.FileType.File)
 
+    def children(self, rel: str) -> list[str]:
+        """The names directly under ``rel`` (files and directories), sorted."""
+        if self.local:
+            d = Path(self.path(rel))
+            return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+        sel = pafs.FileSelector(self.path(rel), allow_not_found=True, recursive=False)
+        return sorted(i.base_name for i in self.fs.get_file_info(sel))
+
+    def at(self, rel: str) -> Path | str:
+        """``rel`` as callers hold locations: a :class:`~pathlib.Path` for local storage,
+        else its URI."""
+        return Path(self.path(rel)) if self.local else self.show(rel)
+
     def dataset_source(self, rels: list[str]) -> tuple[list[str], pafs.FileSystem | None]:
         """(paths, filesystem) for :func:`pyarrow.dataset.dataset` over files ``rels``."""
         return [self.path(r) for r in rels], (None if self.local else self.fs)

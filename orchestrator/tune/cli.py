@@ -167,4 +167,4 @@ def print_outcome(outcome: SearchOutcome, wall_s: float, stream: TextIO | None =
     err.write(f"results: {outcome.dir}/ (trials.parquet, summary.parquet)\n")
     if outcome.best_yaml is not None:
         err.write(f"best configuration ({outcome.best_yaml}; `mtlx run {outcome.best_yaml}`):\n")
-        print(outcome.best_yaml.read_text(), end="")
+        print(outcome.best_yaml_text(), end="")
