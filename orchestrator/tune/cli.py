@@ -16,7 +16,7 @@ from orchestrator.config import (
     split_args,
     storage_overrides,
 )
-from orchestrator.tune.results import SearchOutcome
+from orchestrator.tune.results import SearchOutcome, run_hint
 from orchestrator.tune.runner import run_search
 from orchestrator.tune.search import DEFAULT_METHOD, SCHEDULERS, Search, build_search
 from orchestrator.tune.space import Param
@@ -166,5 +166,6 @@ def print_outcome(outcome: SearchOutcome, wall_s: float, stream: TextIO | None =
         err.write(line + "\n")
     err.write(f"results: {outcome.dir}/ (trials.parquet, summary.parquet)\n")
     if outcome.best_yaml is not None:
-        err.write(f"best configuration ({outcome.best_yaml}; `mtlx run {outcome.best_yaml}`):\n")
+        err.write(f"best configuration ({outcome.best_yaml}; `mtlx run "
+                  f"{run_hint(outcome.best_yaml)}`):\n")
         print(outcome.best_yaml_text(), end="")

@@ -271,11 +271,19 @@ def write_best_yaml(search: Search, best: Mapping[str, Any], default: Any) -> Pa
         lines.append(f"# trials held out {search.held_out} of train as validation; this "
                      "config trains on the full train split.")
     path = search.storage.at("best.yaml")
-    lines.append(f"# run: mtlx run {path}")
+    lines.append(f"# run: mtlx run {run_hint(path)}")
     text = "\n".join(lines) + "\n" + yaml.safe_dump(data, sort_keys=False)
     experiment_from_dict(yaml.safe_load(text))  # what `mtlx run` will do: must load
     search.storage.write_bytes("best.yaml", text.encode())
     return path
+
+
+def run_hint(best_yaml: Path | str) -> str:
+    """How to run a ``best.yaml``: itself if local; a local copy of an object (``mtlx run``
+    reads a local YAML file)."""
+    if isinstance(best_yaml, Path):
+        return str(best_yaml)
+    return f"best.yaml (a local copy of {best_yaml}, e.g. `aws s3 cp {best_yaml} .`)"
 
 
 def find_searches(root: str | Path, search_id: str | None = None,
