@@ -286,7 +286,7 @@ def test_refused_endpoint_is_a_clear_error(s3, capsys, monkeypatch):
     assert f"endpoint http://127.0.0.1:{port} (from storage.endpoint_url)" in first
 
 
-def test_missing_credentials_are_a_clear_error(s3, capsys, monkeypatch, server):
+def test_missing_or_rejected_credentials_are_a_clear_error(s3, capsys, monkeypatch, server):
     import requests
 
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -295,11 +295,16 @@ def test_missing_credentials_are_a_clear_error(s3, capsys, monkeypatch, server):
     requests.post(f"{server}/moto-api/reset-auth", data=b"0").raise_for_status()  # auth on
     try:
         first = _cli_error(capsys, f"s3://{bucket}/exp")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "unknown-to-the-server")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+        denied = _cli_error(capsys, f"s3://{bucket}/exp")
     finally:
         requests.post(f"{server}/moto-api/reset-auth", data=b"inf").raise_for_status()
     assert "cannot be used: no S3 credentials found" in first
     assert "credentials: none found (tried AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY" in first
     assert "fix: export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in first
+    assert "cannot be used: access denied" in denied
+    assert "credentials: environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)" in denied
 
 
 def test_storage_options_are_checked_with_did_you_mean(capsys):

@@ -40,7 +40,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from orchestrator.config import ConfigError, StorageConfig
+from orchestrator.config import ConfigError, StorageConfig, experiment_from_dict
 
 #: pyarrow filesystems (``type_name``) of object stores: keys, no directories to create
 OBJECT_FS = ("s3", "gcs")
@@ -227,9 +227,7 @@ def resolve_location(location: str) -> str:
 def _options(options: StorageConfig | Mapping[str, Any] | None) -> StorageConfig:
     if options is None or isinstance(options, StorageConfig):
         return options or StorageConfig()
-    from orchestrator.config import _build
-
-    return _build(StorageConfig, options, prefix="storage.")
+    return experiment_from_dict({"storage": dict(options)}).storage  # typed, keys checked
 
 
 def _as_arrow(fs: Any) -> pafs.FileSystem:
