@@ -42,11 +42,14 @@ from orchestrator.config import (
     ConfigError,
     ExperimentConfig,
     add_common_flags,
+    add_storage_flag,
     apply_overrides,
     experiment_from_dict,
     help_config,
     set_values,
     split_args,
+    storage_config,
+    storage_overrides,
 )
 from orchestrator.reproduce import cli as reproduce_cli
 
@@ -93,6 +96,7 @@ def build_experiment(args: argparse.Namespace) -> tuple[ExperimentConfig, bool]:
     """(config, methods_given) from the ``run`` arguments: the YAML file, then the flags
     (typed by argparse, set as they are), then the ``key=value`` overrides (YAML values)."""
     data, overrides = split_args(args.args)
+    overrides = [*storage_overrides(args.storage_options), *overrides]
     flags = {key: getattr(args, flag) for flag, key in FLAGS.items()}
     data = set_values(data, {k: v for k, v in flags.items() if v is not None})
     data = apply_overrides(data, overrides)
@@ -121,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     describe(outcomes)
     print(f"wall time: {wall:.1f} s; results in {exp.out}/", file=sys.stderr)
     if not args.no_report:
-        res = Results.load(exp.out)
+        res = Results.load(exp.out, storage=exp.storage)
         for problem in res.problems:
             print(f"mtlx: {problem}", file=sys.stderr)
         ids = [o.run_id for o in outcomes]
@@ -136,7 +140,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def add_report_parser(sub: Any) -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="tables and plots from a results directory")
-    rep.add_argument("results", help="results directory (the --out of mtlx run)")
+    rep.add_argument("results", help="results location (the --out of mtlx run: a directory "
+                     "or s3://BUCKET/PREFIX ...)")
+    add_storage_flag(rep)
     rep.add_argument("--format", default="markdown", choices=("markdown", "csv"))
     rep.add_argument("--plots", metavar="DIR", help="also write PNG plots into DIR")
     rep.add_argument("--benchmark", help="only this benchmark")
@@ -151,9 +157,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import Results, plot_all, report_text
 
     # ordinary runs: the ranked method tables; searches (mtlx tune): their own section
-    searches = tune.tune_report(args.results, fmt=args.format)
+    storage = storage_config(args.storage_options)
+    searches = tune.tune_report(args.results, fmt=args.format, storage=storage)
     try:
-        res = Results.load(args.results)
+        res = Results.load(args.results, storage=storage)
         text = report_text(res, args.benchmark, args.format) if len(res.runs) or not searches else ""
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -164,7 +171,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(("\n" if text else "") + searches, end="")
     if args.plots:
         files = plot_all(res, args.plots, args.benchmark) if len(res.runs) else []
-        files += tune.plot_search(args.results, args.plots)
+        files += tune.plot_search(args.results, args.plots, storage=storage)
         print(f"wrote {len(files)} plot(s) to {args.plots}/", file=sys.stderr)
     return 0
 

@@ -201,6 +201,31 @@ def speed_only_fields() -> tuple[str, ...]:
                  if not f.metadata.get("identity", True))
 
 
+@dataclass(frozen=True)
+class StorageConfig:
+    """How to reach the object store of an ``s3://`` (or other URI) ``--out``: YAML
+    ``storage: {...}`` or ``--storage-option KEY=VALUE``. Credentials are never config: they
+    come from the environment or ``~/.aws`` (docs/storage.md), so they stay out of results."""
+
+    endpoint_url: str | None = _f(
+        help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (MinIO, Ceph, moto); None = "
+        "AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL, else AWS itself")
+    region: str | None = _f(help="S3 region; None = AWS_REGION, else AWS_DEFAULT_REGION, "
+                            "else us-east-1")
+    anonymous: bool = _f(False, help="unsigned requests (public buckets; no credentials)")
+    force_virtual_addressing: bool = _f(
+        False, help="bucket.host addressing with an endpoint_url (servers that need it)")
+    connect_timeout: float | None = _f(help="seconds to connect; None = the AWS SDK's (1 s)",
+                                       valid=_POSITIVE)
+    request_timeout: float | None = _f(help="seconds per request; None = the AWS SDK's",
+                                       valid=_POSITIVE)
+    retry_attempts: int = _f(3, help="attempts per request before an error", valid=_COUNT)
+    forward_credentials: bool = _f(
+        True, help="pass this process's AWS_* credential variables to the run's Ray workers "
+        "(runtime_env env_vars, readable by who can read the cluster's state); false: the "
+        "nodes' own environment, ~/.aws or instance roles provide them")
+
+
 @dataclass
 class ExperimentConfig:
     """Everything ``mtlx run`` needs: which runs, how to train them, where, with what."""
@@ -231,7 +256,10 @@ class ExperimentConfig:
     cpus_per_worker: int = _f(1, help="CPUs per worker (also torch threads)")
     max_concurrent: int | None = _f(help="at most this many runs at once (None: by resources)")
     max_failures: int = _f(0, help="Ray Train worker-group restarts per run (from checkpoint)")
-    out: str = _f("results", help="results directory (Parquet dataset, checkpoints)")
+    out: str = _f("results", help="results location: a directory, file://, s3://BUCKET/PREFIX, "
+                  "gs://BUCKET/PREFIX (docs/storage.md)")
+    storage: StorageConfig = _f(factory=StorageConfig,
+                                help="object-storage options for --out (storage.<key>)")
     rerun: bool = _f(False, help="rerun finished runs instead of skipping them")
     ray_address: str | None = _f(help="connect to this Ray cluster ('auto'); None = start one")
     plugins: list[str] = _f(
@@ -264,6 +292,7 @@ class RunConfig:
     gpus_per_worker: float = 0.0
     cpus_per_worker: int = 1
     out: str = "results"
+    storage: StorageConfig = field(default_factory=StorageConfig)
     plugins: list[str] = field(default_factory=list)
     workdir: str = ""
     trial_id: str | None = None
@@ -506,6 +535,32 @@ def add_common_flags(p: Any) -> None:
     p.add_argument("--cpus-per-worker", type=int, dest="cpus_per_worker")
     p.add_argument("--ray-address", dest="ray_address", help="connect to a Ray cluster")
     p.add_argument("--verbose", action="store_true", default=None, help="show Ray's output")
+    add_storage_flag(p)
+
+
+def add_storage_flag(p: Any) -> None:
+    """``--storage-option KEY=VALUE`` (repeatable): a :class:`StorageConfig` field."""
+    keys = ", ".join(f.name for f in dataclasses.fields(StorageConfig))
+    p.add_argument("--storage-option", action="append", dest="storage_options", default=None,
+                   metavar="KEY=VALUE", help=f"object-storage option for --out ({keys})")
+
+
+def storage_overrides(options: Sequence[str] | None) -> list[str]:
+    """``--storage-option KEY=VALUE`` flags as the ``storage.KEY=VALUE`` overrides they mean
+    (checked like every config key: unknown keys name the closest one)."""
+    out = []
+    for text in options or ():
+        if "=" not in text or not text.split("=", 1)[0].strip():
+            raise ConfigError(f"--storage-option {text!r} must look like KEY=VALUE (e.g. "
+                              "endpoint_url=http://127.0.0.1:9000)")
+        out.append(f"storage.{text.strip()}")
+    return out
+
+
+def storage_config(options: Sequence[str] | None) -> StorageConfig:
+    """A :class:`StorageConfig` from ``--storage-option KEY=VALUE`` flags alone (commands
+    that only read results: ``mtlx report``)."""
+    return experiment_from_dict(apply_overrides({}, storage_overrides(options))).storage
 
 
 #: the config keys of :func:`add_common_flags`
@@ -546,9 +601,10 @@ def split_args(positional: Sequence[str], what: str = "key=value overrides"
 def help_config() -> str:
     """Every config key with its help text (``mtlx run --help-config``)."""
     lines = []
-    for cls, prefix in ((ExperimentConfig, ""), (TrainConfig, "train.")):
+    for cls, prefix in ((ExperimentConfig, ""), (TrainConfig, "train."),
+                        (StorageConfig, "storage.")):
         for f in dataclasses.fields(cls):
-            if f.name == "train" and cls is ExperimentConfig:
+            if f.name in ("train", "storage") and cls is ExperimentConfig:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             lines.append(f"  {prefix}{f.name} = {default!r}\n      {f.metadata.get('help', '')}")

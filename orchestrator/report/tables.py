@@ -35,10 +35,11 @@ import pandas as pd
 
 from envs.base import Metric
 from envs.metrics import delta_m, delta_p
-from orchestrator.config import STL
+from orchestrator.config import STL, StorageConfig
 from orchestrator.report import rl
 from orchestrator.report.common import group_label
 from orchestrator.results import ResultsStore, Unreadable, read_table
+from orchestrator.results.storage import Storage, open_storage
 
 MAX_METRIC_COLUMNS = 12
 
@@ -52,14 +53,16 @@ class Results:
     problems: list[Unreadable] = field(default_factory=list)
 
     @classmethod
-    def load(cls, root: str | Path, *, include_trials: bool = False) -> Results:
-        """The results under ``root``. Search trials (runs with a ``search_id``, written by
+    def load(cls, root: str | Path | Storage, *, include_trials: bool = False,
+             storage: StorageConfig | None = None) -> Results:
+        """The results under ``root`` (a directory or a URI such as ``s3://bucket/exp``,
+        reached with ``storage``). Search trials (runs with a ``search_id``, written by
         ``mtlx tune``) are left out unless ``include_trials``: their sampled hyperparameters
         differ from run to run, so they do not belong in a method-vs-method table."""
-        root = Path(root)
-        if not (root / "runs").is_dir():
-            raise ValueError(f"{str(root)!r} is not an mtlx results directory (no runs/ inside); "
-                             "fix: pass the --out directory of `mtlx run`")
+        root = open_storage(root, storage)
+        if root.kind("runs") != "dir":
+            raise ValueError(f"{root.show()!r} is not an mtlx results directory (no runs/ "
+                             "inside); fix: pass the --out location of `mtlx run`")
         problems: list[Unreadable] = []
         runs = read_table(root, "runs", problems)
         metrics = read_table(root, "metrics", problems)

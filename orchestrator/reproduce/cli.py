@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     grid = expand(table, _seeds(args.seeds))
     data_root, overrides = args.data_root, list(args.overrides)
     if args.smoke and data_root is None:  # prove the pipeline on a fixture of the layout
-        fixture = smoke_fixture(table.benchmark, str(Path(args.out) / "reproduce" / "fixtures"))
+        fixture = smoke_fixture(table.benchmark, _fixtures_dir(args.out))
         if fixture is not None:
             data_root, extra = fixture
             overrides = extra + overrides
@@ -123,22 +124,34 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0 if all(o.status in ("finished", "skipped") for o in outcomes) else 1
 
 
+def _fixtures_dir(out: str) -> str:
+    """Where ``--smoke`` writes its dataset fixture: under a local ``--out``, else (an object
+    store: benchmarks read local files) in the temporary directory."""
+    from orchestrator.results.storage import is_local
+
+    if is_local(out):
+        return str(Path(out) / "reproduce" / "fixtures")
+    return str(Path(tempfile.gettempdir()) / "mtlx-reproduce-fixtures")
+
+
 def write_outputs(table: Any, results: str, row_runs: dict[str, list[str]] | None,
                   fmt: str, plots: str | None) -> str:
     """Compare, write ``<results>/reproduce/<id>.{md,csv,png}``, return the chosen format."""
     from orchestrator.reproduce.compare import compare
     from orchestrator.reproduce.render import csv_text, markdown, plot
+    from orchestrator.results.storage import open_storage
 
     cmp = compare(table, results, row_runs)
     md, csv = markdown(cmp), csv_text(cmp)
-    out = Path(results) / "reproduce"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{table.id}.md").write_text(md)
-    (out / f"{table.id}.csv").write_text(csv)
-    png = plot(cmp, out / f"{table.id}.png")
+    store = open_storage(results)  # a directory or a URI: written through the storage layer
+    store.write_bytes(f"reproduce/{table.id}.md", md.encode())
+    store.write_bytes(f"reproduce/{table.id}.csv", csv.encode())
+    with tempfile.TemporaryDirectory() as tmp:  # matplotlib writes a local file
+        png = plot(cmp, Path(tmp) / f"{table.id}.png")
+        store.write_bytes(f"reproduce/{png.name}", png.read_bytes())
     if plots:
         plot(cmp, Path(plots) / png.name)
-    print(f"wrote {out}/{table.id}.md, .csv, .png", file=sys.stderr)
+    print(f"wrote {store.show('reproduce')}/{table.id}.md, .csv, .png", file=sys.stderr)
     return md if fmt == "markdown" else csv
 
 

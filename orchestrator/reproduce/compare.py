@@ -159,9 +159,10 @@ def read_results(root: str | Path, notes: list[str] | None = None
     import inspect
 
     from orchestrator.reproduce.grid import import_first
+    from orchestrator.results.storage import open_storage
 
     store = import_first("orchestrator.results.store", "orchestrator.results")
-    if not (Path(root) / "runs").is_dir():
+    if open_storage(root).kind("runs") != "dir":  # a directory or a URI (s3://...)
         raise ValueError(f"{str(root)!r} is not an mtlx results directory (no runs/ inside); "
                          "fix: pass the --out directory of `mtlx run` or `mtlx reproduce`")
     problems: list[Any] = []

@@ -1,6 +1,7 @@
 """The results store: a Parquet dataset directory any Parquet reader can analyse.
 
-Layout (``<out>`` is ``--out``, default ``results/``)::
+Layout (``<out>`` is ``--out``, default ``results/``: a directory, or an object-store URI
+such as ``s3://bucket/prefix`` reached through :mod:`orchestrator.results.storage`)::
 
     <out>/runs/<run_id>.parquet                 one row per run (rewritten by that run only)
     <out>/metrics/<run_id>/<part>.parquet       long-format metric rows, one file per
@@ -8,6 +9,7 @@ Layout (``<out>`` is ``--out``, default ``results/``)::
     <out>/diagnostics/<run_id>/<part>.parquet   per-logged-step method diagnostics
     <out>/checkpoints/<run_id>/state.pt         last checkpoint (torch.save; resume)
     <out>/checkpoints/<run_id>/state.prev.pt    the one before (resume falls back to it)
+    <out>/leases/<run_id>.json                  the run's one writer (while it runs)
 
 Every file has a fixed schema (:mod:`orchestrator.results.schemas`), so
 ``pandas.read_parquet("<out>/metrics")``, ``polars.read_parquet("<out>/metrics/**/*.parquet")``
@@ -46,6 +48,7 @@ from orchestrator.results.schemas import (
     TABLES,
     dumps,
 )
+from orchestrator.results.storage import Storage, open_storage
 from orchestrator.results.store import ResultsStore, Unreadable, read_table, write_atomic
 
 __all__ = [
@@ -54,8 +57,10 @@ __all__ = [
     "RUN_SCHEMA",
     "TABLES",
     "ResultsStore",
+    "Storage",
     "Unreadable",
     "dumps",
+    "open_storage",
     "read_table",
     "write_atomic",
 ]

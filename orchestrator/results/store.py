@@ -1,16 +1,20 @@
-"""Writing and reading one results directory (``--out``); layout and schemas: the package
-docstring and :mod:`orchestrator.results.schemas`.
+"""Writing and reading one results location (``--out``: a directory or an object-store URI,
+:mod:`orchestrator.results.storage`); layout and schemas: the package docstring and
+:mod:`orchestrator.results.schemas`.
 
-Writes are atomic: a file is written under a hidden temporary name
-(``.<name>.<pid>.<random>.tmp``, which readers skip) and renamed into place, so a killed run
-never leaves a file that fails to read, and each writer only ever touches files of its own
-run id — at most one process at a time, which holds the run's *lease*
+Writes are atomic (:meth:`~orchestrator.results.storage.Storage.write_bytes`): locally a file
+is written under a hidden temporary name (``.<name>.<pid>.<random>.tmp``, which readers skip)
+and renamed into place; on an object store it is one PUT, visible whole or not at all. So a
+killed run never leaves a file that fails to read, and each writer only ever touches files of
+its own run id — at most one process at a time, which holds the run's *lease*
 (``<out>/leases/<run_id>.json``: owner, host, pid, heartbeat; :meth:`ResultsStore.leases`,
-held by the driver that executes the run).
+held by the driver that executes the run; written through the same storage, so it works on
+object storage too).
 A second writer of the same run id is refused with the holder's name; a lease whose heartbeat
 is older than :data:`LEASE_STALE_S` (or whose process on this host is gone) is taken over,
-and a ``running`` run without a live lease is ``lost`` (killed). A killed writer may leave its temporary files; :meth:`ResultsStore.clean_temporaries`
-removes those whose process is gone when the run starts again.
+and a ``running`` run without a live lease is ``lost`` (killed). A killed local writer may
+leave its temporary files; :meth:`ResultsStore.clean_temporaries` removes those whose process
+is gone when the run starts again.
 
 Reading degrades gracefully: a file that does not read (truncated, zero bytes, not Parquet,
 a directory where a file belongs) is skipped and reported as an :class:`Unreadable` (file,
@@ -24,12 +28,10 @@ import getpass
 import json
 import os
 import re
-import shutil
 import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,20 +40,24 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator.config import ConfigError
+from orchestrator.config import ConfigError, StorageConfig
 from orchestrator.results.schemas import DIAG_SCHEMA, METRIC_SCHEMA, RUN_SCHEMA, TABLES
+from orchestrator.results.storage import Storage, open_storage
 
 
-def write_atomic(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` via a hidden temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def parquet_bytes(table: pa.Table) -> bytes:
+    """``table`` as the bytes of one Parquet file (written in memory: one PUT on a store)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def write_atomic(table: pa.Table, path: str | Path, options: StorageConfig | None = None
+                 ) -> None:
+    """Write ``table`` to ``path`` (a local path or a URI) atomically (module docstring)."""
+    text = os.fspath(path)
+    parent, _, name = text.rstrip("/").rpartition("/")
+    open_storage(parent or ".", options).write_bytes(name, parquet_bytes(table))
 
 
 @dataclass(frozen=True)
@@ -137,49 +143,79 @@ def _table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
 
 
 class ResultsStore:
-    """Writes one run's files under ``root`` (the ``--out`` directory)."""
+    """Writes one run's files under ``root`` (the ``--out`` location: a path, a URI, or a
+    :class:`~orchestrator.results.storage.Storage`)."""
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path | Storage | tuple[Any, str],
+                 options: StorageConfig | None = None) -> None:
+        self.storage = open_storage(root, options)
+
+    @property
+    def root(self) -> Path | str:
+        """The location: a :class:`~pathlib.Path` for local storage, else its URI."""
+        return Path(self.storage.base) if self.storage.local else self.storage.uri
+
+    def _at(self, rel: str) -> Path | str:
+        """``rel`` under the root, as :attr:`root` is (a Path locally, else a URI)."""
+        return Path(self.storage.path(rel)) if self.storage.local else self.storage.show(rel)
+
+    def _write(self, rel: str, table: pa.Table) -> None:
+        self.storage.write_bytes(rel, parquet_bytes(table))
 
     def write_metrics(self, run_id: str, part: str, rows: list[Mapping[str, Any]]) -> None:
         if rows:
-            write_atomic(_table(rows, METRIC_SCHEMA), self.root / "metrics" / run_id / f"{part}.parquet")
+            self._write(f"metrics/{run_id}/{part}.parquet", _table(rows, METRIC_SCHEMA))
 
     def write_diagnostics(self, run_id: str, part: str, rows: list[Mapping[str, Any]]) -> None:
         if rows:
-            write_atomic(_table(rows, DIAG_SCHEMA),
-                         self.root / "diagnostics" / run_id / f"{part}.parquet")
+            self._write(f"diagnostics/{run_id}/{part}.parquet", _table(rows, DIAG_SCHEMA))
 
     def write_run(self, row: Mapping[str, Any]) -> None:
-        write_atomic(_table([row], RUN_SCHEMA), self.root / "runs" / f"{row['run_id']}.parquet")
+        self._write(f"runs/{row['run_id']}.parquet", _table([row], RUN_SCHEMA))
 
     def read_run(self, run_id: str, problems: list[Unreadable] | None = None
                  ) -> dict[str, Any] | None:
         """The run's row, or None if it has none — or an unreadable one, which is then
         appended to ``problems`` (the run is treated as not started; its next write replaces
         the file)."""
-        path = self.root / "runs" / f"{run_id}.parquet"
-        if not path.exists():
-            return None
+        rel = f"runs/{run_id}.parquet"
         try:
-            return pq.read_table(path).to_pylist()[0]
-        except (OSError, pa.ArrowException, IndexError) as e:
+            return pq.read_table(pa.BufferReader(self.storage.read_bytes(rel))).to_pylist()[0]
+        except FileNotFoundError:
+            return None
+        except (OSError, pa.ArrowException, IndexError) as e:  # also: a directory there
             if problems is not None:
-                problems.append(Unreadable(str(path), _reason(e)))
+                problems.append(Unreadable(self.storage.show(rel), _reason(e)))
             return None
 
-    def checkpoint_dir(self, run_id: str) -> Path:
-        return self.root / "checkpoints" / run_id
+    # -- checkpoints: state.pt and the one before, state.prev.pt ----------------------------
+    def checkpoint_dir(self, run_id: str) -> Path | str:
+        return self._at(f"checkpoints/{run_id}")
+
+    def write_checkpoint(self, run_id: str, data: bytes) -> None:
+        """``data`` (a ``torch.save`` blob) as ``state.pt``, the previous one kept as
+        ``state.prev.pt`` (locally by rename, on a store by a server-side copy)."""
+        d = f"checkpoints/{run_id}"
+        self.storage.write_bytes(f"{d}/state.pt", data, backup=f"{d}/state.prev.pt")
+
+    def read_checkpoint(self, run_id: str, name: str = "state.pt") -> bytes | None:
+        """The bytes of checkpoint ``name``, None if there is none."""
+        try:
+            return self.storage.read_bytes(f"checkpoints/{run_id}/{name}")
+        except FileNotFoundError:
+            return None
+
+    def has_checkpoint(self, run_id: str) -> bool:
+        return self.storage.kind(f"checkpoints/{run_id}/state.pt") == "file"
 
     # -- leases: one writer per run ----------------------------------------------------------
-    def lease_path(self, run_id: str) -> Path:
-        return self.root / "leases" / f"{run_id}.json"
+    def lease_path(self, run_id: str) -> Path | str:
+        return self._at(f"leases/{run_id}.json")
 
     def read_lease(self, run_id: str) -> dict[str, Any] | None:
         """The lease's holder record, None if there is none (or it does not parse)."""
         try:
-            return json.loads(self.lease_path(run_id).read_text())
+            return json.loads(self.storage.read_bytes(f"leases/{run_id}.json"))
         except (OSError, ValueError):
             return None
 
@@ -192,11 +228,8 @@ class ResultsStore:
         return h
 
     def _write_lease(self, run_id: str, since: str) -> None:
-        path = self.lease_path(run_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.write_text(json.dumps({**_me(), "since": since, "heartbeat": time.time()}))
-        os.replace(tmp, path)
+        record = {**_me(), "since": since, "heartbeat": time.time()}
+        self.storage.write_bytes(f"leases/{run_id}.json", json.dumps(record).encode())
 
     @contextlib.contextmanager
     def leases(self, run_ids: Iterable[str]) -> Iterator[None]:
@@ -240,7 +273,7 @@ class ResultsStore:
             for run_id in run_ids:
                 h = self.read_lease(run_id)
                 if h is not None and (h.get("host"), h.get("pid")) == me:
-                    self.lease_path(run_id).unlink(missing_ok=True)
+                    self.storage.delete(f"leases/{run_id}.json")
 
     def is_lost(self, row: Mapping[str, Any]) -> bool:
         """A ``running`` row whose writer is gone (no live lease): killed, never finished."""
@@ -249,12 +282,11 @@ class ResultsStore:
         h = self.read_lease(str(row.get("run_id")))
         return h is None or not lease_alive(h)
 
-    def run_paths(self, run_id: str) -> list[Path]:
-        """Every path that belongs to ``run_id`` (its row, metrics, diagnostics, checkpoints,
-        Ray Train storage)."""
-        return [self.root / "runs" / f"{run_id}.parquet",
-                *(self.root / sub / run_id for sub in ("metrics", "diagnostics", "checkpoints",
-                                                       "ray"))]
+    def run_paths(self, run_id: str) -> list[str]:
+        """Every path (relative to the root) that belongs to ``run_id``: its row, metrics,
+        diagnostics, checkpoints, Ray Train storage."""
+        return [f"runs/{run_id}.parquet",
+                *(f"{sub}/{run_id}" for sub in ("metrics", "diagnostics", "checkpoints", "ray"))]
 
     def clear_run(self, run_id: str) -> None:
         """Delete every file of ``run_id``, whatever state it is in (a file where a
@@ -263,23 +295,25 @@ class ResultsStore:
         if holder is not None:
             raise LeaseHeld(f"--rerun would delete run {run_id}, which is being written by "
                             f"{describe_holder(holder)}; fix: wait for it or stop that process")
-        for p in self.run_paths(run_id):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            elif p.exists() or p.is_symlink():
-                p.unlink()
-        for tmp in (self.root / "runs").glob(f".{run_id}.parquet.*.tmp"):
-            tmp.unlink(missing_ok=True)
+        for rel in self.run_paths(run_id):
+            self.storage.delete(rel)
+        if self.storage.local:
+            for tmp in Path(self.storage.path("runs")).glob(f".{run_id}.parquet.*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def clean_temporaries(self, run_id: str) -> list[Path]:
         """Remove the temporary files of ``run_id`` left by writers on this host whose
         process is gone (a killed run), and those without a pid (older mtlx versions; the
-        caller holds the run's lease, so their writer is gone); returns the removed paths."""
+        caller holds the run's lease, so their writer is gone); returns the removed paths.
+        Object stores have no temporaries (one PUT per file): nothing to do there."""
+        if not self.storage.local:
+            return []
         removed = []
-        dirs = [p for p in self.run_paths(run_id)[1:4] if p.is_dir()]
-        candidates = [f for d in dirs for f in d.iterdir()]
-        if (self.root / "runs").is_dir():
-            candidates += list((self.root / "runs").glob(f".{run_id}.parquet.*.tmp"))
+        dirs = [Path(self.storage.path(rel)) for rel in self.run_paths(run_id)[1:4]]
+        candidates = [f for d in dirs if d.is_dir() for f in d.iterdir()]
+        runs = Path(self.storage.path("runs"))
+        if runs.is_dir():
+            candidates += list(runs.glob(f".{run_id}.parquet.*.tmp"))
         for f in candidates:
             m = _TMP.match(f.name)
             dead = not _pid_alive(int(m.group(1))) if m else bool(_TMP_NO_PID.match(f.name))
@@ -289,28 +323,33 @@ class ResultsStore:
         return removed
 
 
-def read_table(root: str | Path, name: str, problems: list[Unreadable] | None = None):
-    """One table of a results directory as a pandas DataFrame (empty with the schema if none).
+def read_table(root: str | Path | Storage, name: str, problems: list[Unreadable] | None = None,
+               options: StorageConfig | None = None):
+    """One table of a results location as a pandas DataFrame (empty with the schema if none).
 
     Equivalent to ``pandas.read_parquet(f"{root}/{name}")`` on an intact directory. Files
     that do not read are skipped and appended to ``problems`` (see the module docstring);
     the rest is read file by file only then, so the intact case stays one dataset read."""
-    schema = TABLES[name]
-    path = Path(root) / name
-    files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith(".")) if path.is_dir() else []
-    if not files:
-        return schema.empty_table().to_pandas()
     import pyarrow.dataset as ds
 
+    schema = TABLES[name]
+    storage = open_storage(root, options)
+    files = [f for f in storage.files(name) if not f.rpartition("/")[2].startswith(".")
+             and f.endswith(".parquet")]
+    if not files:
+        return schema.empty_table().to_pandas()
+    paths, fs = storage.dataset_source(files)
     try:
-        return ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table().to_pandas()
+        return ds.dataset(paths, schema=schema, format="parquet", filesystem=fs
+                          ).to_table().to_pandas()
     except (OSError, pa.ArrowException):
         pass
     tables = []
-    for f in files:
+    for f, path in zip(files, paths, strict=True):
         try:
-            tables.append(ds.dataset(str(f), schema=schema, format="parquet").to_table())
+            tables.append(ds.dataset(path, schema=schema, format="parquet", filesystem=fs
+                                     ).to_table())
         except (OSError, pa.ArrowException) as e:
             if problems is not None:
-                problems.append(Unreadable(str(f), _reason(e)))
+                problems.append(Unreadable(storage.show(f), _reason(e)))
     return pa.concat_tables(tables).to_pandas() if tables else schema.empty_table().to_pandas()

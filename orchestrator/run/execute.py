@@ -45,7 +45,7 @@ def train_run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     if ctx.is_main:  # a killed earlier attempt's half-written files
         ctx.store.clean_temporaries(cfg.run_id)
     prev = ctx.store.read_run(cfg.run_id) if ctx.is_main else None
-    resumed = prev is not None and (ctx.checkpoint_dir / "state.pt").exists()
+    resumed = prev is not None and ctx.store.has_checkpoint(cfg.run_id)
     prev_wall = float(prev.get("wall_time_s") or 0.0) if resumed else 0.0
     ctx.identity = {"run_id": cfg.run_id, "benchmark": cfg.benchmark, "method": cfg.method,
                     "seed": cfg.seed}

@@ -47,8 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from orchestrator.config import ConfigError, ExperimentConfig, RunConfig
+from orchestrator.config import ConfigError, ExperimentConfig, RunConfig, StorageConfig
 from orchestrator.results import ResultsStore
+from orchestrator.results.storage import runtime_env
 from orchestrator.run.execute import train_run
 from orchestrator.run.plan import plan
 from orchestrator.run.progress import ProgressBoard, ProgressSink
@@ -70,10 +71,10 @@ class Outcome:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def clear_run(out: Path, run_id: str) -> None:
+def clear_run(out: str | Path, run_id: str, storage: StorageConfig | None = None) -> None:
     """Delete one run's files (for ``rerun``), whatever state they are in: its row,
     metrics, diagnostics, checkpoints (:meth:`ResultsStore.clear_run`)."""
-    ResultsStore(out).clear_run(run_id)
+    ResultsStore(out, storage).clear_run(run_id)
 
 
 def run_experiment(exp: ExperimentConfig, *, stream: TextIO | None = None,
@@ -82,9 +83,10 @@ def run_experiment(exp: ExperimentConfig, *, stream: TextIO | None = None,
     """Validate, then execute every run of ``exp`` that is not finished yet; returns one
     :class:`Outcome` per run (skipped ones first, then in ``exp``'s method × seed order)."""
     todo, done = plan(exp, workdir)
-    out = Path(todo[0].out if todo else done[0].out)
+    first = (todo or done)[0]
+    out, storage = first.out, first.storage
     leases = contextlib.ExitStack()  # one writer per run: LeaseHeld before anything is written
-    leases.enter_context(ResultsStore(out).leases([r.run_id for r in todo]))
+    leases.enter_context(ResultsStore(out, storage).leases([r.run_id for r in todo]))
     board = ProgressBoard(len(todo) + len(done), stream)
     outcomes = []
     for r in done:
@@ -99,7 +101,7 @@ def run_experiment(exp: ExperimentConfig, *, stream: TextIO | None = None,
     try:
         if exp.rerun:
             for r in todo:
-                clear_run(out, r.run_id)
+                clear_run(out, r.run_id, storage)
         if todo and exp.workers == 0:
             outcomes += _run_inline(todo, board, handle)
         elif todo:
@@ -303,16 +305,18 @@ def _run_ray(exp: ExperimentConfig, todo: list[RunConfig], board: ProgressBoard,
         on_driver = driver_node_strategy()
         sink = ray.remote(num_cpus=0)(ProgressSink).options(
             scheduling_strategy=on_driver).remote()
+        # an object-store --out: the run's workers get the driver's credentials (storage.py)
+        env = {"runtime_env": e} if (e := runtime_env(todo[0].out, todo[0].storage)) else {}
         if exp.workers == 1:
             remote = ray.remote(_task_entry).options(
                 num_cpus=exp.cpus_per_worker, num_gpus=exp.gpus_per_worker,
-                max_retries=retries, retry_exceptions=False)
+                max_retries=retries, retry_exceptions=False, **env)
 
             def submit(r: RunConfig):
                 return remote.remote(r, sink)
         else:
             remote = ray.remote(_fit_entry).options(num_cpus=0, max_retries=0,
-                                                    scheduling_strategy=on_driver)
+                                                    scheduling_strategy=on_driver, **env)
 
             def submit(r: RunConfig):
                 return remote.remote(r, sink, retries)

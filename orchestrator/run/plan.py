@@ -31,9 +31,16 @@ from orchestrator.config import (
     ConfigError,
     ExperimentConfig,
     RunConfig,
+    StorageConfig,
     TrainConfig,
 )
 from orchestrator.results import ResultsStore
+from orchestrator.results.storage import (
+    check_reachable,
+    is_local,
+    resolve_location,
+    resolve_options,
+)
 from orchestrator.run.registry import import_plugins, trainer_for
 from orchestrator.trainers.base import data_hint
 
@@ -92,6 +99,17 @@ def check_train(t: TrainConfig) -> None:
                 f"train.{f.name} must be {what}, got {v!r} "
                 f"(fix: pass train.{f.name}=... or leave it unset for the protocol's value)"
             )
+
+
+def check_storage(s: StorageConfig) -> None:
+    """Range checks of the storage options, as each field declares them."""
+    for f in dataclasses.fields(StorageConfig):
+        v = getattr(s, f.name)
+        valid = f.metadata["valid"]
+        what = None if v is None or valid is None else valid.problem(v)
+        if what is not None:
+            raise ConfigError(f"storage.{f.name} must be {what}, got {v!r} (fix: "
+                              f"--storage-option {f.name}=... or leave it unset)")
 
 
 def check_resources(exp: ExperimentConfig) -> None:
@@ -154,18 +172,20 @@ def expand(exp: ExperimentConfig, workdir: str | None = None) -> list[RunConfig]
     workdir = workdir or os.getcwd()
     import_plugins(exp.plugins, workdir)
     check_resources(exp)
+    check_storage(exp.storage)
     _check_names(exp)
     data_root = resolve_path(exp.data_root or None)
     bench = open_benchmark(exp.benchmark, data_root, exp.bench_options)
     train = resolve_train(exp.train, bench.protocol)
     check_train(train)
     num_tasks = len(bench.tasks)
-    out = resolve_path(exp.out)
+    out = resolve_location(exp.out)
+    storage = resolve_options(out, exp.storage)
     common = dict(
         benchmark=exp.benchmark, data_root=data_root, bench_options=dict(exp.bench_options),
         model_options=dict(exp.model_options), trainer_options=dict(exp.trainer_options),
         train=train, workers=exp.workers, gpus_per_worker=exp.gpus_per_worker,
-        cpus_per_worker=exp.cpus_per_worker, out=out, plugins=list(exp.plugins),
+        cpus_per_worker=exp.cpus_per_worker, out=out, storage=storage, plugins=list(exp.plugins),
         workdir=workdir,
     )  # fmt: skip
     runs = []
@@ -238,10 +258,19 @@ def check_capacity(exp: ExperimentConfig) -> None:
 RESULT_DIRS = ("runs", "metrics", "diagnostics", "checkpoints", "ray")
 
 
-def check_out(out: str) -> None:
+def check_out(out: str, storage: StorageConfig | None = None) -> None:
     """``--out`` is usable (``ConfigError`` naming the fix otherwise): not a file, not inside
     another results directory's files, its subdirectories not files, and creatable and
-    writable — probed by creating it and writing (then removing) a hidden file."""
+    writable — probed by creating it and writing (then removing) a hidden file. A URI
+    (``s3://...``): the bucket is reachable and writable (a probe object is written and
+    deleted; :func:`~orchestrator.results.storage.check_reachable`)."""
+    if not is_local(out):
+        s = check_reachable(out, storage or StorageConfig())
+        for sub in RESULT_DIRS:
+            if s.kind(sub) == "file":
+                raise ConfigError(f"{s.show(sub)!r} is an object, but mtlx keeps a prefix "
+                                  "there; fix: delete that object, or --out another prefix")
+        return
     p = Path(out)
     if p.exists() and not p.is_dir():
         raise ConfigError(f"--out {out!r} is a file, not a directory; fix: --out a directory "
@@ -274,8 +303,8 @@ def plan(exp: ExperimentConfig, workdir: str | None = None) -> tuple[list[RunCon
     resources and the ``--out`` location, which only running needs)."""
     runs = expand(exp, workdir)
     check_capacity(exp)
-    check_out(runs[0].out)
-    store = ResultsStore(runs[0].out)
+    check_out(runs[0].out, exp.storage)  # as given: messages name the variables used
+    store = ResultsStore(runs[0].out, runs[0].storage)
     todo, done, problems = [], [], []
     for r in runs:
         row = store.read_run(r.run_id, problems)

@@ -59,13 +59,13 @@ def tune_environment(verbose: bool) -> dict[str, str]:
     return env
 
 
-def experiment_trials(state_dir: str | Path) -> list[Any]:
+def experiment_trials(state_dir: str | Path, filesystem: Any = None) -> list[Any]:
     """The Tune ``Trial`` objects (status, config, last result) of the experiment stored in
-    ``state_dir``, through the public ``ExperimentAnalysis`` (a ``ResultGrid`` has no public
-    per-trial status in 2.60)."""
+    ``state_dir`` (a path in ``filesystem``, a pyarrow filesystem; None: local), through the
+    public ``ExperimentAnalysis`` (a ``ResultGrid`` has no public per-trial status in 2.60)."""
     from ray.tune import ExperimentAnalysis
 
-    return list(ExperimentAnalysis(str(state_dir)).trials)
+    return list(ExperimentAnalysis(str(state_dir), storage_filesystem=filesystem).trials)
 
 
 def trial_number(trial: Any) -> int | None:

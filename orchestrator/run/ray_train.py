@@ -15,7 +15,8 @@ Facts this relies on (Ray 2.60):
   checkpoint from ``Result`` (docs/ray.md §1.1); ``ray.train.report`` is still called once per
   epoch on every rank so that a Tune report callback sees them;
 * checkpoints are mtlx's own (``<out>/checkpoints/<run_id>/state.pt``; on a multi-node
-  cluster ``--out`` must be shared storage); the Train run name is the deterministic run id
+  cluster ``--out`` must be shared storage: a shared directory or an object store, whose
+  filesystem is also Train's ``storage_filesystem``); the Train run name is the deterministic run id
   and its Ray state directory is cleared before each fit, so a Ray-level auto-resume never
   mixes with mtlx's resume (docs/ray.md §1.5); worker-group restarts (``max_failures``) resume
   from mtlx's checkpoint;
@@ -30,12 +31,11 @@ Facts this relies on (Ray 2.60):
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from orchestrator.config import RunConfig
+from orchestrator.results.storage import open_storage, runtime_env
 from orchestrator.run.execute import train_run
 from orchestrator.trainers.base import RunContext
 
@@ -52,7 +52,7 @@ def worker_loop(config: dict[str, Any]) -> dict[str, Any]:
     sink = config.get("sink")
     tctx = ray.train.get_context()
     ctx = RunContext(
-        run_id=cfg.run_id, out=Path(cfg.out), rank=tctx.get_world_rank(),
+        run_id=cfg.run_id, out=cfg.out, storage=cfg.storage, rank=tctx.get_world_rank(),
         world_size=tctx.get_world_size(), device=ray.train.torch.get_device(),
         on_progress=(lambda e: sink.push.remote(e)) if sink is not None else (lambda e: None),
         report=lambda metrics: ray.train.report(metrics),
@@ -86,8 +86,10 @@ def _fit_once(cfg: RunConfig, sink: Any, callbacks: Sequence[Any], max_failures:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    storage = Path(storage_path) if storage_path else Path(cfg.out) / "ray"
-    shutil.rmtree(storage / cfg.run_id, ignore_errors=True)
+    store = open_storage(storage_path or cfg.out, cfg.storage)
+    rel = "" if storage_path else "ray"  # Ray's files for this run: <rel>/<run id>
+    store.delete(f"{rel}/{cfg.run_id}".lstrip("/"))
+    path, filesystem = store.ray_storage(rel)
     resources: dict[str, float] = {"CPU": cfg.cpus_per_worker}
     if cfg.gpus_per_worker > 0:
         resources["GPU"] = cfg.gpus_per_worker
@@ -99,11 +101,12 @@ def _fit_once(cfg: RunConfig, sink: Any, callbacks: Sequence[Any], max_failures:
             resources_per_worker=resources,
         ),
         run_config=ray.train.RunConfig(
-            name=cfg.run_id, storage_path=str(storage.resolve()),
+            name=cfg.run_id, storage_path=path, storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(
                 max_failures=max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT,
             ),
             callbacks=list(callbacks),
+            worker_runtime_env=runtime_env(cfg.out, cfg.storage) or {},
         ),
     )  # fmt: skip
     result = trainer.fit()

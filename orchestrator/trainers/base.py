@@ -44,8 +44,8 @@ It is registered with :func:`orchestrator.run.registry.register_trainer` and cal
 from __future__ import annotations
 
 import inspect
+import io
 import math
-import os
 import random
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from orchestrator.config import RunConfig
+from orchestrator.config import RunConfig, StorageConfig
 from orchestrator.results import ResultsStore
 
 if TYPE_CHECKING:
@@ -179,7 +179,8 @@ class RunContext:
     """Where and how one run executes; built by the launcher for each mode."""
 
     run_id: str
-    out: Path
+    #: the results location (a path or a URI, :mod:`orchestrator.results.storage`)
+    out: str | Path
     rank: int = 0
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -191,6 +192,8 @@ class RunContext:
     run_info: dict[str, Any] = field(default_factory=dict)
     #: identity columns of every metric/diagnostic row (set by ``train_run``)
     identity: dict[str, Any] = field(default_factory=dict)
+    #: how to reach an object-store ``out`` (``RunConfig.storage``)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     @property
     def is_main(self) -> bool:
@@ -198,10 +201,10 @@ class RunContext:
 
     @property
     def store(self) -> ResultsStore:
-        return ResultsStore(self.out)
+        return ResultsStore(self.out, self.storage)
 
     @property
-    def checkpoint_dir(self) -> Path:
+    def checkpoint_dir(self) -> Path | str:
         return self.store.checkpoint_dir(self.run_id)
 
     # -- results --------------------------------------------------------------------------
@@ -238,28 +241,27 @@ class RunContext:
     # -- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
         """Atomically write ``state`` (rank 0) to ``checkpoint_dir/state.pt``, keeping the
-        previous one as ``state.prev.pt`` (the fallback of :meth:`load_checkpoint`)."""
+        previous one as ``state.prev.pt`` (the fallback of :meth:`load_checkpoint`); saved
+        into memory first, so an object store gets one PUT
+        (:meth:`~orchestrator.results.ResultsStore.write_checkpoint`)."""
         if not self.is_main:
             return
-        d = self.checkpoint_dir
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f".state.pt.{os.getpid()}.tmp"
-        torch.save(dict(state), tmp)
-        if (d / "state.pt").is_file():
-            os.replace(d / "state.pt", d / "state.prev.pt")
-        os.replace(tmp, d / "state.pt")
+        buf = io.BytesIO()
+        torch.save(dict(state), buf)
+        self.store.write_checkpoint(self.run_id, buf.getvalue())
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The newest checkpoint that loads (``state.pt``, else ``state.prev.pt``, saying so
         on stderr), None if there is none; ``RuntimeError`` naming ``--rerun`` if neither
         loads."""
-        d, errors = self.checkpoint_dir, []
+        store, errors = self.store, []
         for name in ("state.pt", "state.prev.pt"):
-            path = d / name
-            if not path.exists():
+            path = f"{self.checkpoint_dir}/{name}"
+            data = store.read_checkpoint(self.run_id, name)
+            if data is None:
                 continue
             try:
-                state = torch.load(path, map_location=self.device, weights_only=False)
+                state = torch.load(io.BytesIO(data), map_location=self.device, weights_only=False)
             except Exception as e:  # truncated, zero bytes, not a torch file: try the older
                 errors.append(f"{path}: {type(e).__name__}: {str(e).strip()[:200]}")
                 continue
@@ -277,7 +279,8 @@ def local_context(cfg: RunConfig, **kwargs: Any) -> RunContext:
     """A single-process context (``--workers 0`` / a Ray task): CUDA if asked and present."""
     use_cuda = cfg.gpus_per_worker > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_cuda else "cpu")
-    return RunContext(run_id=cfg.run_id, out=Path(cfg.out), device=device, **kwargs)
+    return RunContext(run_id=cfg.run_id, out=cfg.out, device=device, storage=cfg.storage,
+                      **kwargs)
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ from orchestrator.config import (
     add_common_flags,
     set_values,
     split_args,
+    storage_overrides,
 )
-from orchestrator.tune.results import SearchOutcome
+from orchestrator.tune.results import SearchOutcome, run_hint
 from orchestrator.tune.runner import run_search
 from orchestrator.tune.search import DEFAULT_METHOD, SCHEDULERS, Search, build_search
 from orchestrator.tune.space import Param
@@ -101,6 +102,7 @@ def search_from_args(args: argparse.Namespace) -> tuple[Search, dict[str, Any]]:
                 setattr(args, k, v)
         positional = list(rest.args)
     data, overrides = split_args(positional, "space.NAME=SPEC or key=value overrides")
+    overrides = [*storage_overrides(getattr(args, "storage_options", None)), *overrides]
     flags = {key: getattr(args, flag, None) for flag, key in _EXP_FLAGS.items()}
     flags.update({f"tune.{flag}": getattr(args, flag, None) for flag in _TUNE_FLAGS})
     data = set_values(data, {k: v for k, v in flags.items() if v is not None})
@@ -164,5 +166,6 @@ def print_outcome(outcome: SearchOutcome, wall_s: float, stream: TextIO | None =
         err.write(line + "\n")
     err.write(f"results: {outcome.dir}/ (trials.parquet, summary.parquet)\n")
     if outcome.best_yaml is not None:
-        err.write(f"best configuration ({outcome.best_yaml}; `mtlx run {outcome.best_yaml}`):\n")
-        print(outcome.best_yaml.read_text(), end="")
+        err.write(f"best configuration ({outcome.best_yaml}; `mtlx run "
+                  f"{run_hint(outcome.best_yaml)}`):\n")
+        print(outcome.best_yaml_text(), end="")

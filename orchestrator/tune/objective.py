@@ -13,6 +13,7 @@ from typing import Any
 from orchestrator.config import (
     ConfigError,
     RunConfig,
+    StorageConfig,
 )
 
 OBJECTIVE = "objective"  # the key Tune, ASHA and Optuna optimise
@@ -44,12 +45,13 @@ class Objective:
     run_id: str
     values: dict[int, float] = field(default_factory=dict)
     split: str = "val"  # the metric rows' split: "val", or "eval" for RL benchmarks
+    storage: StorageConfig = field(default_factory=StorageConfig)  # how to reach ``out``
 
     def value(self, epoch: int, val: Mapping[str, Mapping[str, float]] | None) -> float | None:
         """The metric at one evaluation; ``val`` = {task: {metric: value}} (None: read the
         run's Parquet rows of that epoch)."""
         if self.metric == "val_loss" or val is None:
-            val = epoch_values(self.out, self.run_id, epoch, self.split)
+            val = epoch_values(self.out, self.run_id, epoch, self.split, self.storage)
         if not val:
             return None
         if self.metric in RL_METRICS:  # mean over tasks of the evaluation episodes
@@ -96,7 +98,7 @@ class Objective:
 
     def preload(self) -> int | None:
         """Feed the evaluations already in the Parquet data; returns the last epoch seen."""
-        rows = run_metric_rows(self.out, self.run_id)
+        rows = run_metric_rows(self.out, self.run_id, self.storage)
         if rows is None:
             return None
         val = rows[rows.split == self.split]
@@ -116,24 +118,28 @@ def _nested(rows: Any) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_metric_rows(out: str | Path, run_id: str):
+def run_metric_rows(out: str | Path, run_id: str, storage: StorageConfig | None = None):
     """One run's metric rows (pandas) or None."""
     import pyarrow.dataset as ds
 
     from orchestrator.results import METRIC_SCHEMA
+    from orchestrator.results.storage import open_storage
 
-    d = Path(out) / "metrics" / run_id
-    files = sorted(str(p) for p in d.glob("*.parquet") if not p.name.startswith("."))
+    s = open_storage(out, storage)
+    files = [f for f in s.files(f"metrics/{run_id}", recursive=False)
+             if f.endswith(".parquet") and not f.rpartition("/")[2].startswith(".")]
     if not files:
         return None
-    return ds.dataset(files, schema=METRIC_SCHEMA, format="parquet").to_table().to_pandas()
+    paths, fs = s.dataset_source(files)
+    return ds.dataset(paths, schema=METRIC_SCHEMA, format="parquet", filesystem=fs
+                      ).to_table().to_pandas()
 
 
-def epoch_values(out: str | Path, run_id: str, epoch: int,
-                 split: str = "val") -> dict[str, dict[str, float]]:
+def epoch_values(out: str | Path, run_id: str, epoch: int, split: str = "val",
+                 storage: StorageConfig | None = None) -> dict[str, dict[str, float]]:
     """{task: {metric: value}} of the validation rows one evaluation wrote (incl. ``loss``;
     ``split="eval"``: an RL evaluation's per-task rows)."""
-    rows = run_metric_rows(out, run_id)
+    rows = run_metric_rows(out, run_id, storage)
     if rows is None:
         return {}
     sel = rows[(rows.split == split) & (rows.epoch == epoch)]

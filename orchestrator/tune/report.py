@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config import StorageConfig
 from orchestrator.tune.results import find_searches, load_summary, load_trials, missing
 
 
@@ -51,12 +52,14 @@ def param_importance(trials: Any, summary: Mapping[str, Any]) -> dict[str, float
     return {k: float(v) for k, v in imp.items()}
 
 
-def tune_report(root: str | Path, search_id: str | None = None, fmt: str = "markdown") -> str:
-    """Each search in ``root``: settings, best vs default, importance, the trials ranked
-    (markdown) — or the trials tables as CSV. "" if ``root`` holds no search."""
+def tune_report(root: str | Path, search_id: str | None = None, fmt: str = "markdown",
+                storage: StorageConfig | None = None) -> str:
+    """Each search in ``root`` (a directory or a URI): settings, best vs default, importance,
+    the trials ranked (markdown) — or the trials tables as CSV. "" if ``root`` holds no
+    search."""
     out = []
-    for d in find_searches(root, search_id):
-        summary, trials = load_summary(d), load_trials(d)
+    for d in find_searches(root, search_id, storage):
+        summary, trials = load_summary(d, storage), load_trials(d, storage)
         if fmt == "csv":
             out.append(trials.to_csv(index=False))
             continue
@@ -103,7 +106,8 @@ def _num(v: Any) -> str:
     return str(v)
 
 
-def plot_search(root: str | Path, out_dir: str | Path, search_id: str | None = None) -> list[Path]:
+def plot_search(root: str | Path, out_dir: str | Path, search_id: str | None = None,
+                storage: StorageConfig | None = None) -> list[Path]:
     """PNG per search: objective per trial (with the running best) and the importances."""
     import matplotlib
 
@@ -114,8 +118,8 @@ def plot_search(root: str | Path, out_dir: str | Path, search_id: str | None = N
     files = []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for d in find_searches(root, search_id):
-        summary, trials = load_summary(d), load_trials(d)
+    for d in find_searches(root, search_id, storage):
+        summary, trials = load_summary(d, storage), load_trials(d, storage)
         imp = param_importance(trials, summary)
         fig, axes = plt.subplots(1, 2 if imp else 1, figsize=(11 if imp else 6, 4),
                                  squeeze=False)

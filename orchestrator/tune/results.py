@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -14,9 +15,11 @@ import yaml
 
 from orchestrator.config import (
     ConfigError,
+    StorageConfig,
     experiment_from_dict,
 )
 from orchestrator.results.provenance import now
+from orchestrator.results.storage import Storage, open_storage
 from orchestrator.run.ray_compat import trial_number
 from orchestrator.tune.objective import OBJECTIVE, TIME_ATTR
 from orchestrator.tune.search import Search
@@ -49,11 +52,15 @@ class SearchOutcome:
     """What a search left (also readable later from its files)."""
 
     search_id: str
-    dir: Path
+    dir: Path | str  # a URI for an object-store --out
     complete: bool
     trials: Any  # pandas DataFrame, one row per trial
     summary: dict[str, Any]
-    best_yaml: Path | None
+    best_yaml: Path | str | None
+    storage: StorageConfig | None = None  # how to reach ``dir``
+
+    def best_yaml_text(self) -> str:
+        return open_storage(self.dir, self.storage).read_bytes("best.yaml").decode()
 
 
 def trial_name(trial: Any) -> str:
@@ -69,7 +76,7 @@ def collect(search: Search, trials: Sequence[Any], wall_time_s: float) -> Search
 
     from orchestrator.results import ResultsStore
 
-    store = ResultsStore(search.base.out)
+    store = ResultsStore(search.base.out, search.base.storage)
     keys = [p.key for p in search.params]
     rows = [_trial_row(search, store, keys, t) for t in sorted(trials, key=trial_name)]
     df = pd.DataFrame(rows)
@@ -86,7 +93,7 @@ def collect(search: Search, trials: Sequence[Any], wall_time_s: float) -> Search
     best_yaml = None
     if best is not None:
         best_yaml = write_best_yaml(search, best, default)
-    prev = load_summary(search.dir) or {}
+    prev = load_summary(search.dir, search.base.storage) or {}
     summary = {
         "search_id": search.search_id, "benchmark": search.base.benchmark,
         "method": search.method, "metric": search.metric, "mode": search.mode,
@@ -109,8 +116,9 @@ def collect(search: Search, trials: Sequence[Any], wall_time_s: float) -> Search
         "wall_time_s": float(prev.get("wall_time_s") or 0.0) + wall_time_s,
         "finished_at": now(), "base_config": json.dumps(search.base.to_dict(), sort_keys=True),
     }  # fmt: skip
-    _write_tables(search.dir, df, summary)
-    return SearchOutcome(search.search_id, search.dir, bool(complete), df, summary, best_yaml)
+    _write_tables(search.storage, df, summary)
+    return SearchOutcome(search.search_id, search.dir, bool(complete), df, summary, best_yaml,
+                         search.base.storage)
 
 
 def _trial_row(search: Search, store: Any, keys: Sequence[str], t: Any) -> dict[str, Any]:
@@ -170,38 +178,49 @@ def best_trial(df: Any, mode: str) -> dict[str, Any] | None:
     return pool.loc[i].to_dict()
 
 
-def _write_tables(d: Path, trials: Any, summary: Mapping[str, Any]) -> None:
+def _write_tables(d: Storage, trials: Any, summary: Mapping[str, Any]) -> None:
     import pyarrow as pa
 
-    from orchestrator.results import write_atomic
+    from orchestrator.results.store import parquet_bytes
 
-    write_atomic(pa.Table.from_pandas(trials, preserve_index=False), d / "trials.parquet")
+    d.write_bytes("trials.parquet",
+                  parquet_bytes(pa.Table.from_pandas(trials, preserve_index=False)))
     schema = _summary_schema()
-    write_atomic(pa.table({n: [summary.get(n)] for n in schema.names}, schema=schema),
-                 d / "summary.parquet")
+    d.write_bytes("summary.parquet", parquet_bytes(
+        pa.table({n: [summary.get(n)] for n in schema.names}, schema=schema)))
 
 
-def load_summary(search_dir: Path) -> dict[str, Any] | None:
-    p = Path(search_dir) / "summary.parquet"
-    if not p.exists():
+def _read(search_dir: Path | str, name: str, storage: StorageConfig | None) -> bytes | None:
+    try:
+        return open_storage(search_dir, storage).read_bytes(name)
+    except FileNotFoundError:
         return None
+
+
+def load_summary(search_dir: Path | str, storage: StorageConfig | None = None
+                 ) -> dict[str, Any] | None:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(p).to_pylist()[0]
+    data = _read(search_dir, "summary.parquet", storage)
+    return None if data is None else pq.read_table(pa.BufferReader(data)).to_pylist()[0]
 
 
-def load_trials(search_dir: Path):
+def load_trials(search_dir: Path | str, storage: StorageConfig | None = None):
     import pandas as pd
 
-    p = Path(search_dir) / "trials.parquet"
-    return pd.read_parquet(p) if p.exists() else None
+    data = _read(search_dir, "trials.parquet", storage)
+    return None if data is None else pd.read_parquet(io.BytesIO(data))
 
 
 def outcome_from_files(search: Search) -> SearchOutcome:
-    summary = load_summary(search.dir) or {}
+    summary = load_summary(search.dir, search.base.storage) or {}
     best = summary.get("best_config")
+    if best and "://" not in best:
+        best = Path(best)
     return SearchOutcome(search.search_id, search.dir, bool(summary.get("complete")),
-                         load_trials(search.dir), summary, Path(best) if best else None)
+                         load_trials(search.dir, search.base.storage), summary, best or None,
+                         search.base.storage)
 
 
 def best_config(search: Search, best: Mapping[str, Any]) -> dict[str, Any]:
@@ -235,7 +254,7 @@ def best_config(search: Search, best: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(data, default=str))
 
 
-def write_best_yaml(search: Search, best: Mapping[str, Any], default: Any) -> Path:
+def write_best_yaml(search: Search, best: Mapping[str, Any], default: Any) -> Path | str:
     data = best_config(search, best)
     lines = [
         f"# Best configuration of search {search.search_id} (mtlx tune, "
@@ -251,22 +270,30 @@ def write_best_yaml(search: Search, best: Mapping[str, Any], default: Any) -> Pa
     if search.held_out:
         lines.append(f"# trials held out {search.held_out} of train as validation; this "
                      "config trains on the full train split.")
-    lines.append(f"# run: mtlx run {search.dir / 'best.yaml'}")
+    path = search.storage.at("best.yaml")
+    lines.append(f"# run: mtlx run {run_hint(path)}")
     text = "\n".join(lines) + "\n" + yaml.safe_dump(data, sort_keys=False)
     experiment_from_dict(yaml.safe_load(text))  # what `mtlx run` will do: must load
-    path = search.dir / "best.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".best.yaml.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    search.storage.write_bytes("best.yaml", text.encode())
     return path
 
 
-def find_searches(root: str | Path, search_id: str | None = None) -> list[Path]:
-    d = Path(root) / "searches"
-    dirs = sorted(p for p in d.iterdir() if (p / "summary.parquet").exists()) if d.is_dir() else []
+def run_hint(best_yaml: Path | str) -> str:
+    """How to run a ``best.yaml``: itself if local; a local copy of an object (``mtlx run``
+    reads a local YAML file)."""
+    if isinstance(best_yaml, Path):
+        return str(best_yaml)
+    return f"best.yaml (a local copy of {best_yaml}, e.g. `aws s3 cp {best_yaml} .`)"
+
+
+def find_searches(root: str | Path, search_id: str | None = None,
+                  storage: StorageConfig | None = None) -> list[Path | str]:
+    """The searches under ``root`` (a directory or a URI) that have a summary."""
+    s = open_storage(root, storage)
+    names = [n for n in s.children("searches")
+             if s.kind(f"searches/{n}/summary.parquet") == "file"]
     if search_id is not None:
-        dirs = [p for p in dirs if p.name == search_id]
-        if not dirs:
-            raise ConfigError(f"no search {search_id!r} in {root}/searches")
-    return dirs
+        names = [n for n in names if n == search_id]
+        if not names:
+            raise ConfigError(f"no search {search_id!r} in {s.show('searches')}")
+    return [s.at(f"searches/{n}") for n in names]

@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -18,7 +17,10 @@ from typing import Any
 from orchestrator.config import (
     ConfigError,
     RunConfig,
+    StorageConfig,
 )
+from orchestrator.results.storage import open_storage
+from orchestrator.run.plan import check_out
 from orchestrator.run.ray_compat import experiment_trials, report_callback, tune_environment
 from orchestrator.tune.objective import OBJECTIVE, TIME_ATTR
 from orchestrator.tune.results import (
@@ -55,7 +57,7 @@ def _trial(config: dict[str, Any], job: dict[str, Any]) -> None:
     cfg = apply_params(base, config, name, job["search_id"])
     objective = dataclasses.replace(job["objective"], run_id=cfg.run_id, values={})
     objective.preload()
-    row = ResultsStore(cfg.out).read_run(cfg.run_id)
+    row = ResultsStore(cfg.out, cfg.storage).read_run(cfg.run_id)
     reports = [0]
     if row is None or row.get("status") != "finished":
         if cfg.workers <= 1:
@@ -205,20 +207,23 @@ def trial_resources(search: Search) -> dict[str, float]:
     return res
 
 
-def _state_dir(search: Search) -> Path:
-    return search.dir / "tune"
+def _state_dir(search: Search) -> tuple[str, Any]:
+    """(path, filesystem) of Tune's experiment directory ``<search dir>/tune``: the same
+    filesystem as the results (None: local), as Tune's ``storage_filesystem``."""
+    return search.storage.ray_storage("tune")
 
 
-def clear_search(search_dir: Path, out: Path) -> None:
+def clear_search(search_dir: Path | str, out: Path | str,
+                 storage: StorageConfig | None = None) -> None:
     """Delete a search: its directory and the runs of its trials (``--fresh``)."""
     from orchestrator.results import read_table
     from orchestrator.run.launch import clear_run
 
-    sid = search_dir.name
-    runs = read_table(out, "runs")
+    sid = str(search_dir).rstrip("/").rsplit("/", 1)[-1]
+    runs = read_table(out, "runs", options=storage)
     for run_id in runs.run_id[runs.search_id == sid]:
-        clear_run(out, run_id)
-    shutil.rmtree(search_dir, ignore_errors=True)
+        clear_run(out, run_id, storage)
+    open_storage(out, storage).delete(f"searches/{sid}")
 
 
 def run_search(search: Search, *, callbacks: Sequence[Any] = (), verbose: bool = False,
@@ -226,15 +231,16 @@ def run_search(search: Search, *, callbacks: Sequence[Any] = (), verbose: bool =
     """Run (or resume) ``search`` on a local Ray started here, or on the running one."""
     import optuna
 
+    check_out(search.base.out, search.exp.storage)  # reachable and writable, before Ray
     state = _state_dir(search)
     if search.fresh:
-        clear_search(search.dir, Path(search.base.out))
-    exists = (state / "tuner.pkl").exists()
+        clear_search(search.dir, search.base.out, search.base.storage)
+    exists = search.storage.kind("tune/tuner.pkl") == "file"
     if search.resume and not exists:
         print(f"note: no search {search.search_id} to resume in {search.dir} (other settings "
               "give another id); starting it", file=sys.stderr)
     if exists and not search.resume:
-        done = load_summary(search.dir)
+        done = load_summary(search.dir, search.base.storage)
         if done is not None and done.get("complete"):
             print(f"note: search {search.search_id} is complete; its result follows (--fresh "
                   "repeats it)", file=sys.stderr)
@@ -251,7 +257,7 @@ def run_search(search: Search, *, callbacks: Sequence[Any] = (), verbose: bool =
         # a restarted trial reports its epochs again: Optuna keeps the first value
         warnings.filterwarnings("ignore", message="The reported value is ignored")
         _fit(search, state, exists, callbacks, verbose, ray_address)
-    return collect(search, experiment_trials(state), time.perf_counter() - t0)
+    return collect(search, experiment_trials(*state), time.perf_counter() - t0)
 
 
 @contextlib.contextmanager
@@ -268,7 +274,7 @@ def _environ(values: Mapping[str, str]):
                 os.environ[k] = v
 
 
-def _fit(search: Search, state: Path, exists: bool, callbacks: Sequence[Any], verbose: bool,
+def _fit(search: Search, state: tuple[str, Any], exists: bool, callbacks: Sequence[Any], verbose: bool,
          ray_address: str | None) -> Any:
     import optuna
     import ray
@@ -291,8 +297,8 @@ def _fit(search: Search, state: Path, exists: bool, callbacks: Sequence[Any], ve
         trainable = ray_tune.with_resources(ray_tune.with_parameters(_trial, job=job),
                                             trial_resources(search))
         if exists:
-            tuner = ray_tune.Tuner.restore(str(state), trainable, resume_unfinished=True,
-                                           resume_errored=False)
+            tuner = ray_tune.Tuner.restore(state[0], trainable, resume_unfinished=True,
+                                           resume_errored=False, storage_filesystem=state[1])
         else:
             n_startup = max(2, min(10, s.trials // 3))
             searcher = OptunaSearch(
@@ -314,7 +320,8 @@ def _fit(search: Search, state: Path, exists: bool, callbacks: Sequence[Any], ve
                     reuse_actors=s.workers_per_trial == 1,
                 ),
                 run_config=ray_tune.RunConfig(
-                    name=state.name, storage_path=str(state.parent),
+                    name="tune", storage_path=state[0].rpartition("/")[0],
+                    storage_filesystem=state[1],
                     failure_config=ray_tune.FailureConfig(max_failures=s.max_failures),
                     callbacks=[make_printer(s.trials, search.epochs, search.unit), *callbacks],
                     verbose=1 if verbose else 0,

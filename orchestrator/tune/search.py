@@ -22,6 +22,7 @@ from orchestrator.config import (
     experiment_from_dict,
     parse_override,
 )
+from orchestrator.results.storage import Storage, open_storage
 from orchestrator.tune.objective import Objective, resolve_metric, rl_evaluations
 from orchestrator.tune.space import (
     DEFAULT,
@@ -131,8 +132,14 @@ class Search:
         return max(1, self.epochs // 4) if g is None else g
 
     @property
-    def dir(self) -> Path:
-        return Path(self.base.out) / "searches" / self.search_id
+    def dir(self) -> Path | str:
+        """``<out>/searches/<id>``: a Path for a local ``--out``, else its URI."""
+        return open_storage(self.base.out, self.base.storage).at(f"searches/{self.search_id}")
+
+    @property
+    def storage(self) -> Storage:
+        """The search's directory as a storage (summary, trials, best.yaml, Tune's state)."""
+        return open_storage(self.dir, self.base.storage)
 
     def trial_run(self, params: Mapping[str, Any], trial_id: str) -> RunConfig:
         return apply_params(self.base, params, trial_id, self.search_id)
@@ -172,7 +179,7 @@ def build_search(data: Mapping[str, Any], overrides: Sequence[str] = (), *,
         spec={t: list(ms) for t, ms in bench.metrics.items()},
         reference=None if bench.stl_reference is None
         else {t: dict(v) for t, v in bench.stl_reference.items()},
-        out=base.out, run_id="", split="eval" if rl else "val",
+        out=base.out, run_id="", split="eval" if rl else "val", storage=base.storage,
     )  # fmt: skip
     return Search(exp=dataclasses.replace(exp, methods=[method]), settings=settings,
                   method=method, base=base, params=params, metric=metric, mode=mode,
