@@ -47,6 +47,7 @@ from orchestrator.config import (
     help_config,
     set_values,
     split_args,
+    tracker_option_values,
 )
 from orchestrator.reproduce import cli as reproduce_cli
 
@@ -95,6 +96,7 @@ def build_experiment(args: argparse.Namespace) -> tuple[ExperimentConfig, bool]:
     data, overrides = split_args(args.args)
     flags = {key: getattr(args, flag) for flag, key in FLAGS.items()}
     data = set_values(data, {k: v for k, v in flags.items() if v is not None})
+    data = set_values(data, tracker_option_values(args.tracker_option))
     data = apply_overrides(data, overrides)
     return experiment_from_dict(data), "methods" in data
 

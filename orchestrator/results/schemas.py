@@ -35,7 +35,7 @@ DIAG_SCHEMA = pa.schema([
 
 #: RunConfig fields that are not runs-table columns (location, not identity; ``train`` is
 #: spread into its own fields)
-RUN_FIELDS_EXCLUDED = ("train", "out", "workdir")
+RUN_FIELDS_EXCLUDED = ("train", "out", "workdir", "trackers")  # trackers: where it is logged
 
 #: columns a run writes while and after it trains (trainers set them via ``ctx.update_run``)
 PROGRESS_COLUMNS = (

@@ -190,6 +190,9 @@ class RunContext:
     run_info: dict[str, Any] = field(default_factory=dict)
     #: identity columns of every metric/diagnostic row (set by ``train_run``)
     identity: dict[str, Any] = field(default_factory=dict)
+    #: experiment trackers (``orchestrator.trackers.Trackers``, rank 0; set by ``train_run``):
+    #: they get every row the store gets, after the store
+    trackers: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -207,10 +210,14 @@ class RunContext:
     def write_metrics(self, part: str, rows: list[Mapping[str, Any]]) -> None:
         if self.is_main:
             self.store.write_metrics(self.run_id, part, rows)
+            if self.trackers is not None:
+                self.trackers.log_metrics(rows)
 
     def write_diagnostics(self, part: str, rows: list[Mapping[str, Any]]) -> None:
         if self.is_main:
             self.store.write_diagnostics(self.run_id, part, rows)
+            if self.trackers is not None:
+                self.trackers.log_diagnostics(rows)
 
     def metric_row(self, split: str, epoch: int, step: int, task: str, metric: str,
                    value: float, higher_is_better: bool | None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from orchestrator.config import (
     add_common_flags,
     set_values,
     split_args,
+    tracker_option_values,
 )
 from orchestrator.tune.results import SearchOutcome
 from orchestrator.tune.runner import run_search
@@ -104,6 +105,7 @@ def search_from_args(args: argparse.Namespace) -> tuple[Search, dict[str, Any]]:
     flags = {key: getattr(args, flag, None) for flag, key in _EXP_FLAGS.items()}
     flags.update({f"tune.{flag}": getattr(args, flag, None) for flag in _TUNE_FLAGS})
     data = set_values(data, {k: v for k, v in flags.items() if v is not None})
+    data = set_values(data, tracker_option_values(getattr(args, "tracker_option", None)))
     search = build_search(data, overrides, resume=bool(args.resume),
                           fresh=bool(args.fresh))
     return search, {"verbose": search.exp.verbose, "ray_address": search.exp.ray_address}
