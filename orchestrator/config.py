@@ -188,48 +188,36 @@ class TrainConfig:
     )
 
 
-#: experiment trackers a run can also log to (``orchestrator.trackers``; each an extra:
-#: ``pip install 'mtlx[<name>]'``)
+#: experiment trackers a run can also log to (orchestrator.trackers; pip install 'mtlx[<name>]')
 TRACKERS = ("mlflow", "tensorboard", "wandb")
 WANDB_MODES = ("online", "offline", "disabled")
 
 
 @dataclass
 class MlflowOptions:
-    """Where MLflow runs go (docs/trackers.md)."""
-
-    tracking_uri: str | None = _f(
-        help="MLflow tracking URI (http://host:5000, sqlite:///path.db, file:...); None = "
-        "sqlite:///<out>/trackers/mlflow.db",
-    )
+    tracking_uri: str | None = _f(help="MLflow tracking URI (http://host:5000, sqlite:///x.db "
+                                  "...); None = sqlite:///<out>/trackers/mlflow.db")
     experiment: str | None = _f(help="MLflow experiment name; None = the benchmark name")
 
 
 @dataclass
 class TensorBoardOptions:
-    """Where TensorBoard event files go (docs/trackers.md)."""
-
-    log_dir: str | None = _f(
-        help="event files go to <log_dir>/<run_id>/; None = <out>/trackers/tensorboard"
-    )
+    log_dir: str | None = _f(help="event files go to <log_dir>/<run_id>/; None = "
+                             "<out>/trackers/tensorboard")
 
 
 @dataclass
 class WandbOptions:
-    """Where W&B runs go (docs/trackers.md)."""
-
     project: str = _f("mtlx", help="W&B project")
     entity: str | None = _f(help="W&B entity (user or team); None = the logged-in default")
-    mode: str | None = _f(
-        help=f"one of {list(WANDB_MODES)}; None = W&B's own (WANDB_MODE, else online)",
-        valid=Valid(choices=WANDB_MODES),
-    )
+    mode: str | None = _f(help=f"one of {list(WANDB_MODES)}; None = W&B's own (WANDB_MODE, "
+                          "else online)", valid=Valid(choices=WANDB_MODES))
     dir: str | None = _f(help="W&B's local run files; None = <out>/trackers/wandb")
 
 
 @dataclass
 class TrackerOptions:
-    """Options of each tracker (``tracker_options.<tracker>.<key>``)."""
+    """Options of each tracker (``tracker_options.<tracker>.<key>``; docs/trackers.md)."""
 
     mlflow: MlflowOptions = _f(factory=MlflowOptions, help="MLflow options")
     tensorboard: TensorBoardOptions = _f(factory=TensorBoardOptions, help="TensorBoard options")
@@ -273,15 +261,10 @@ class ExperimentConfig:
         factory=list, help="modules to import first (they may register methods/benchmarks)"
     )
     verbose: bool = _f(False, help="show Ray's own output")
-    trackers: list[str] = _f(
-        factory=list, help=f"experiment trackers every run also logs to, of {list(TRACKERS)} "
-        "(pip install 'mtlx[<name>]'; the Parquet results stay the source of truth)",
-        valid=Valid(choices=TRACKERS),
-    )
-    tracker_options: TrackerOptions = _f(
-        factory=TrackerOptions, help="tracker options: tracker_options.mlflow.tracking_uri=URI, "
-        "tracker_options.wandb.mode=offline ... (mtlx run --help-config lists them)",
-    )
+    trackers: list[str] = _f(factory=list, valid=Valid(choices=TRACKERS), help="experiment "
+                             f"trackers every run also logs to, of {list(TRACKERS)}")
+    tracker_options: TrackerOptions = _f(factory=TrackerOptions, help="tracker options "
+                                         "(tracker_options.mlflow.tracking_uri=URI ...)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -550,32 +533,10 @@ def add_common_flags(p: Any) -> None:
     p.add_argument("--cpus-per-worker", type=int, dest="cpus_per_worker")
     p.add_argument("--ray-address", dest="ray_address", help="connect to a Ray cluster")
     p.add_argument("--verbose", action="store_true", default=None, help="show Ray's output")
-    p.add_argument("--tracker", action="append", dest="trackers", metavar="NAME",
-                   help=f"also log every run to this tracker, one of {list(TRACKERS)} "
-                        "(repeatable)")
-    p.add_argument("--tracker-option", action="append", dest="tracker_option",
-                   metavar="TRACKER.KEY=VALUE",
-                   help="a tracker option, e.g. mlflow.tracking_uri=http://host:5000 or "
-                        "wandb.mode=offline (tracker_options.* in --help-config)")
 
 
-#: the config keys of :func:`add_common_flags` (``--tracker-option``: see
-#: :func:`tracker_option_values`)
-COMMON_FLAGS = ("data_root", "out", "cpus_per_worker", "ray_address", "verbose", "trackers")
-
-
-def tracker_option_values(options: Sequence[str] | None) -> dict[str, str]:
-    """``--tracker-option mlflow.tracking_uri=URI`` → ``{"tracker_options.mlflow.tracking_uri":
-    "URI"}``: dotted keys with the text as it is (every tracker option is a string), for
-    :func:`set_values`; unknown keys are rejected when the config is built."""
-    out = {}
-    for text in options or ():
-        key, sep, value = text.partition("=")
-        if not sep or key.count(".") != 1 or not all(key.split(".")):
-            raise ConfigError(f"--tracker-option {text!r} must look like TRACKER.KEY=VALUE, "
-                              "e.g. mlflow.tracking_uri=http://host:5000")
-        out[f"tracker_options.{key.strip()}"] = value
-    return out
+#: the config keys of :func:`add_common_flags`
+COMMON_FLAGS = ("data_root", "out", "cpus_per_worker", "ray_address", "verbose")
 
 
 def set_values(data: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:

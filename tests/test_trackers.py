@@ -7,7 +7,13 @@ bad tracker input is a clear error before anything runs."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -124,10 +130,11 @@ def float32(points):
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory):
+def tracked(ray_session, tmp_path_factory):
+    """The demo's way: each run in its own Ray task (--workers 1), both at once."""
     out = tmp_path_factory.mktemp("tracked")
     code = cli.main(["run", "--benchmark", "multi_digits", "--methods", "ew,cagrad", "--seeds",
-                     "0", "--epochs", "2", "--workers", "0", "--out", str(out), "--no-report",
+                     "0", "--epochs", "2", "--workers", "1", "--out", str(out), "--no-report",
                      "--tracker", "mlflow", "--tracker", "tensorboard", "--tracker", "wandb",
                      "--tracker-option", "wandb.mode=offline", *TINY])
     assert code == 0
@@ -154,6 +161,53 @@ def test_mlflow_store_holds_every_parquet_row_params_and_status(tracked):
         assert hp == json.loads(row.hparams)
     cagrad = runs.index[runs.method == "cagrad"][0]
     assert float(by_id[cagrad].data.params["hparams.c"]) == 0.4  # cagrad's c is a param
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.timeout(120)
+def test_mlflow_ui_serves_the_store(tracked):
+    """`mlflow ui --backend-store-uri <the default store>` reads what mtlx wrote: the runs and
+    a metric history, through the server's REST API."""
+    out, runs = tracked
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", _uri(out), "--host",
+         "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                exp = _get(f"{api}/experiments/get-by-name?experiment_name=multi_digits")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "mlflow ui died"
+                time.sleep(0.5)
+        req = urllib.request.Request(
+            f"{api}/runs/search", method="POST", headers={"Content-Type": "application/json"},
+            data=json.dumps({"experiment_ids": [exp["experiment"]["experiment_id"]]}).encode())
+        with urllib.request.urlopen(req, timeout=5) as r:
+            found = json.loads(r.read())["runs"]
+        names = {r["info"]["run_name"]: r["info"]["run_id"] for r in found}
+        assert set(names) == set(runs.index)
+        run_id = runs.index[0]
+        hist = _get(f"{api}/metrics/get-history?run_id={names[run_id]}&metric_key=val/left/accuracy")
+        got = sorted((int(m["step"]), m["value"]) for m in hist["metrics"])
+        assert got == parquet_points(out, run_id)["val/left/accuracy"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers: a session we started
+        proc.wait(timeout=30)
 
 
 def test_tensorboard_event_files_hold_every_parquet_row(tracked):

@@ -31,7 +31,34 @@ MODULES = {
 }
 assert tuple(MODULES) == TRACKERS, "orchestrator.config.TRACKERS and MODULES must agree"
 
-__all__ = ["MODULES", "Tracker", "Trackers", "check_installed", "open_trackers", "resolve"]
+__all__ = ["MODULES", "Tracker", "Trackers", "add_flags", "check_installed", "open_trackers",
+           "option_values", "resolve"]
+
+
+def add_flags(p: Any) -> None:
+    """``--tracker`` and ``--tracker-option`` on an ``argparse`` parser (``mtlx run``,
+    ``mtlx tune``): config key ``trackers`` and :func:`option_values`."""
+    p.add_argument("--tracker", action="append", dest="trackers", metavar="NAME",
+                   help=f"also log every run to this tracker, one of {list(TRACKERS)} "
+                        "(repeatable; pip install 'mtlx[NAME]')")
+    p.add_argument("--tracker-option", action="append", dest="tracker_option",
+                   metavar="TRACKER.KEY=VALUE",
+                   help="a tracker option, e.g. mlflow.tracking_uri=http://host:5000 or "
+                        "wandb.mode=offline (tracker_options.* in mtlx run --help-config)")
+
+
+def option_values(options: Sequence[str] | None) -> dict[str, str]:
+    """``--tracker-option mlflow.tracking_uri=URI`` → ``{"tracker_options.mlflow.tracking_uri":
+    "URI"}``: dotted keys with the text as it is (every tracker option is a string), for
+    ``orchestrator.config.set_values``; unknown keys are rejected when the config is built."""
+    out = {}
+    for text in options or ():
+        key, sep, value = text.partition("=")
+        if not sep or key.count(".") != 1 or not all(key.split(".")):
+            raise ConfigError(f"--tracker-option {text!r} must look like TRACKER.KEY=VALUE, "
+                              "e.g. mlflow.tracking_uri=http://host:5000")
+        out[f"tracker_options.{key.strip()}"] = value
+    return out
 
 
 def check_installed(name: str) -> None:
