@@ -105,7 +105,7 @@ def open_run(cfg: RunConfig, opts: Mapping[str, Any], run_info: Mapping[str, Any
         project=opts["project"], entity=opts.get("entity"), mode=opts.get("mode"),
         dir=opts["dir"], id=wandb_id(cfg.run_id), name=cfg.run_id, resume="allow",
         config=run_config(cfg), tags=tags, group=cfg.search_id or cfg.benchmark,
-        job_type="trial" if cfg.trial_id else "run", reinit="create_new",
+        job_type="trial" if cfg.trial_id else "run",
         settings=wandb.Settings(console="off", silent=True),
     )  # fmt: skip
     run.define_metric(STEP)
