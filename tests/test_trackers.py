@@ -378,6 +378,24 @@ def test_bad_tracker_input_is_a_clear_error(extra, message, tmp_path, capsys):
     assert not (tmp_path / "res" / "runs").exists()
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ray_train_run_logs_from_rank_0_only(ray_session, tmp_path):
+    """W = 2 Ray Train workers both train; one tracker run, each step once, equal to Parquet."""
+    [o] = run_experiment(_exp(tmp_path, workers=2, trackers=["mlflow", "tensorboard"],
+                              train={"epochs": 1, "max_steps_per_epoch": 2,
+                                     "diagnostics_every": 1, "max_eval_batches": 1}))
+    assert o.status == "finished", o.error
+    client, by_id = mlflow_runs(tmp_path)
+    assert list(by_id) == [o.run_id] and by_id[o.run_id].info.status == "FINISHED"
+    expected = parquet_points(tmp_path, o.run_id)
+    assert mlflow_points(client, by_id[o.run_id]) == expected
+    run_dir = tmp_path / "trackers" / "tensorboard" / o.run_id
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+    assert tb_points(run_dir) == float32(expected)
+
+
 # ---------------------------------------------------------------------------------------
 # mtlx tune: every trial logs like a run
 # ---------------------------------------------------------------------------------------
