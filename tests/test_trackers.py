@@ -351,6 +351,14 @@ def _cli(tmp_path, *extra):
                      "--no-report", *TINY, *extra])
 
 
+def test_help_config_lists_the_tracker_options(capsys):
+    assert cli.main(["run", "--help-config"]) == 0
+    text = capsys.readouterr().out
+    for key in ("trackers", "tracker_options.mlflow.tracking_uri",
+                "tracker_options.tensorboard.log_dir", "tracker_options.wandb.mode"):
+        assert f"  {key} = " in text, key
+
+
 def test_a_tracker_that_is_not_installed_is_an_error_before_ray(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` now fails
     assert _cli(tmp_path, "--tracker", "tensorboard", "--tracker", "mlflow") == 2
