@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from orchestrator import tune
+from orchestrator import trackers, tune
 from orchestrator.config import (
     COMMON_FLAGS,
     DEFAULT_METHODS,
@@ -57,7 +57,7 @@ from orchestrator.reproduce import cli as reproduce_cli
 FLAGS = {
     "benchmark": "benchmark", "methods": "methods", "seeds": "seeds", "workers": "workers",
     "gpus_per_worker": "gpus_per_worker", "max_concurrent": "max_concurrent",
-    "epochs": "train.epochs", "steps": "train.steps", "rerun": "rerun",
+    "epochs": "train.epochs", "steps": "train.steps", "rerun": "rerun", "trackers": "trackers",
     **{k: k for k in COMMON_FLAGS},
 }  # fmt: skip
 
@@ -87,6 +87,7 @@ def add_run_parser(sub: Any) -> argparse.ArgumentParser:
     r.add_argument("--rerun", action="store_true", default=None,
                    help="rerun finished runs (default: skip them, resume unfinished ones)")
     add_common_flags(r)
+    trackers.add_flags(r)
     r.add_argument("--help-config", action="store_true", help="list every config key")
     r.add_argument("--no-report", action="store_true", help="do not print the report")
     return r
@@ -99,6 +100,7 @@ def build_experiment(args: argparse.Namespace) -> tuple[ExperimentConfig, bool]:
     overrides = [*storage_overrides(args.storage_options), *overrides]
     flags = {key: getattr(args, flag) for flag, key in FLAGS.items()}
     data = set_values(data, {k: v for k, v in flags.items() if v is not None})
+    data = set_values(data, trackers.option_values(args.tracker_option))
     data = apply_overrides(data, overrides)
     return experiment_from_dict(data), "methods" in data
 

@@ -226,6 +226,42 @@ class StorageConfig:
         "nodes' own environment, ~/.aws or instance roles provide them")
 
 
+#: experiment trackers a run can also log to (orchestrator.trackers; pip install 'mtlx[<name>]')
+TRACKERS = ("mlflow", "tensorboard", "wandb")
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclass
+class MlflowOptions:
+    tracking_uri: str | None = _f(help="MLflow tracking URI (http://host:5000, sqlite:///x.db "
+                                  "...); None = sqlite:///<out>/trackers/mlflow.db")
+    experiment: str | None = _f(help="MLflow experiment name; None = the benchmark name")
+
+
+@dataclass
+class TensorBoardOptions:
+    log_dir: str | None = _f(help="event files go to <log_dir>/<run_id>/; None = "
+                             "<out>/trackers/tensorboard")
+
+
+@dataclass
+class WandbOptions:
+    project: str = _f("mtlx", help="W&B project")
+    entity: str | None = _f(help="W&B entity (user or team); None = the logged-in default")
+    mode: str | None = _f(help=f"one of {list(WANDB_MODES)}; None = W&B's own (WANDB_MODE, "
+                          "else online)", valid=Valid(choices=WANDB_MODES))
+    dir: str | None = _f(help="W&B's local run files; None = <out>/trackers/wandb")
+
+
+@dataclass
+class TrackerOptions:
+    """Options of each tracker (``tracker_options.<tracker>.<key>``; docs/trackers.md)."""
+
+    mlflow: MlflowOptions = _f(factory=MlflowOptions, help="MLflow options")
+    tensorboard: TensorBoardOptions = _f(factory=TensorBoardOptions, help="TensorBoard options")
+    wandb: WandbOptions = _f(factory=WandbOptions, help="W&B options")
+
+
 @dataclass
 class ExperimentConfig:
     """Everything ``mtlx run`` needs: which runs, how to train them, where, with what."""
@@ -266,6 +302,10 @@ class ExperimentConfig:
         factory=list, help="modules to import first (they may register methods/benchmarks)"
     )
     verbose: bool = _f(False, help="show Ray's own output")
+    trackers: list[str] = _f(factory=list, valid=Valid(choices=TRACKERS), help="experiment "
+                             f"trackers every run also logs to, of {list(TRACKERS)}")
+    tracker_options: TrackerOptions = _f(factory=TrackerOptions, help="tracker options "
+                                         "(tracker_options.mlflow.tracking_uri=URI ...)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -297,6 +337,9 @@ class RunConfig:
     workdir: str = ""
     trial_id: str | None = None
     search_id: str | None = None
+    #: {tracker: its resolved options} (orchestrator.trackers); where a run is also logged,
+    #: not what it is: not in the run id, not a runs-table column
+    trackers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def world_size(self) -> int:
@@ -601,10 +644,12 @@ def split_args(positional: Sequence[str], what: str = "key=value overrides"
 def help_config() -> str:
     """Every config key with its help text (``mtlx run --help-config``)."""
     lines = []
-    for cls, prefix in ((ExperimentConfig, ""), (TrainConfig, "train."),
-                        (StorageConfig, "storage.")):
+    sections = [(ExperimentConfig, ""), (TrainConfig, "train."), (StorageConfig, "storage.")]
+    sections += [(_hints(TrackerOptions)[f.name], f"tracker_options.{f.name}.")
+                 for f in dataclasses.fields(TrackerOptions)]
+    for cls, prefix in sections:
         for f in dataclasses.fields(cls):
-            if f.name in ("train", "storage") and cls is ExperimentConfig:
+            if f.name in ("train", "storage", "tracker_options") and cls is ExperimentConfig:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             lines.append(f"  {prefix}{f.name} = {default!r}\n      {f.metadata.get('help', '')}")

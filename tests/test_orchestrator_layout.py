@@ -16,7 +16,7 @@ PKG = ROOT / "orchestrator"
 #: layer of each part of ``orchestrator`` (the first name after ``orchestrator.``); a module
 #: may import modules of its own part or of a lower layer, never of a higher one
 LAYERS = {
-    "packages": 0, "config": 0, "results": 1, "trainers": 2, "report": 2, "run": 3,
+    "packages": 0, "config": 0, "results": 1, "trainers": 2, "report": 2, "trackers": 2, "run": 3,
     "tune": 4, "reproduce": 5, "cli": 6, "__main__": 7,
 }  # fmt: skip
 MAX_FILE_LINES = 600

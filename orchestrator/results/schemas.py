@@ -33,9 +33,9 @@ DIAG_SCHEMA = pa.schema([
     ("step", _I), ("quantity", _S), ("task", _S), ("other_task", _S), ("value", _F),
 ])  # fmt: skip
 
-#: RunConfig fields that are not runs-table columns (location and how to reach it, not
-#: identity; ``train`` is spread into its own fields)
-RUN_FIELDS_EXCLUDED = ("train", "out", "storage", "workdir")
+#: RunConfig fields that are not runs-table columns (location and how to reach it, where it
+#: is also logged, not identity; ``train`` is spread into its own fields)
+RUN_FIELDS_EXCLUDED = ("train", "out", "storage", "workdir", "trackers")
 
 #: columns a run writes while and after it trains (trainers set them via ``ctx.update_run``)
 PROGRESS_COLUMNS = (

@@ -26,6 +26,7 @@ import envs
 from orchestrator.config import RunConfig
 from orchestrator.results.provenance import now, run_row
 from orchestrator.run.registry import import_plugins, trainer_for
+from orchestrator.trackers import open_trackers
 from orchestrator.trainers.base import NonFiniteLoss, RunContext
 
 
@@ -52,12 +53,16 @@ def train_run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     ctx.run_info = {**run_row(cfg, ctx.device), "status": "running", "error": None,
                     "started_at": now(), **ctx.run_info}
     ctx.update_run()
+    if ctx.is_main and cfg.trackers:  # the same tracker run again when resuming
+        ctx.trackers = open_trackers(cfg, ctx.run_info, resumed)
     summary: dict[str, Any] = {"run_id": cfg.run_id}
 
     def finish(status: str, error: str | None) -> None:
         wall = time.perf_counter() - start
         ctx.update_run(status=status, error=error, finished_at=now(), wall_time_s=prev_wall + wall)
         summary.update(status=status, error=error, wall_time_s=wall)
+        if ctx.trackers is not None:
+            ctx.trackers.close(status, ctx.run_info)
 
     try:
         result = trainer.train(cfg, ctx)

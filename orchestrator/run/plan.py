@@ -28,6 +28,7 @@ import envs
 import methods
 from orchestrator.config import (
     STL,
+    TRACKERS,
     ConfigError,
     ExperimentConfig,
     RunConfig,
@@ -42,6 +43,7 @@ from orchestrator.results.storage import (
     resolve_options,
 )
 from orchestrator.run.registry import import_plugins, trainer_for
+from orchestrator.trackers import resolve as resolve_trackers
 from orchestrator.trainers.base import data_hint
 
 #: run statuses that are not repeated (``nonfinite``, ``diverged``: a deterministic rerun
@@ -167,6 +169,32 @@ def _check_names(exp: ExperimentConfig) -> None:
                           "fix: e.g. --seeds 0,1,2")
 
 
+def check_trackers(exp: ExperimentConfig, out: str) -> dict[str, dict[str, Any]]:
+    """{tracker: resolved options} of ``exp.trackers``: known names (did you mean), each once,
+    options in range, the package installed ("pip install 'mtlx[NAME]'") and the store usable
+    — all before Ray starts (``ConfigError`` naming the fix)."""
+    for name in exp.trackers:
+        if name not in TRACKERS:
+            raise ConfigError(f"unknown tracker {name!r}{did_you_mean(name, TRACKERS)}; valid "
+                              f"trackers: {', '.join(TRACKERS)} (fix: --tracker NAME)")
+    if len(set(exp.trackers)) != len(exp.trackers):
+        raise ConfigError(f"trackers lists a name twice: {exp.trackers}; fix: list each once")
+    options = {}
+    for section in dataclasses.fields(exp.tracker_options):
+        opts = getattr(exp.tracker_options, section.name)
+        for f in dataclasses.fields(opts):
+            v, rule = getattr(opts, f.name), f.metadata["valid"]
+            what = None if v is None or rule is None else rule.problem(v)
+            if what is not None:
+                raise ConfigError(f"tracker_options.{section.name}.{f.name} must be {what}, "
+                                  f"got {v!r} (fix: --tracker-option {section.name}.{f.name}=...)")
+        options[section.name] = dataclasses.asdict(opts)
+    if not exp.trackers:
+        return {}
+    check_out(out)  # the trackers' default locations are under --out
+    return resolve_trackers(exp.trackers, options, out, exp.benchmark)
+
+
 def expand(exp: ExperimentConfig, workdir: str | None = None) -> list[RunConfig]:
     """Validate ``exp`` completely and return its runs (one per method × seed, STL: × task)."""
     workdir = workdir or os.getcwd()
@@ -181,12 +209,13 @@ def expand(exp: ExperimentConfig, workdir: str | None = None) -> list[RunConfig]
     num_tasks = len(bench.tasks)
     out = resolve_location(exp.out)
     storage = resolve_options(out, exp.storage)
+    trackers = check_trackers(exp, out)
     common = dict(
         benchmark=exp.benchmark, data_root=data_root, bench_options=dict(exp.bench_options),
         model_options=dict(exp.model_options), trainer_options=dict(exp.trainer_options),
         train=train, workers=exp.workers, gpus_per_worker=exp.gpus_per_worker,
         cpus_per_worker=exp.cpus_per_worker, out=out, storage=storage, plugins=list(exp.plugins),
-        workdir=workdir,
+        workdir=workdir, trackers=trackers,
     )  # fmt: skip
     runs = []
     for name in exp.methods:

@@ -194,6 +194,9 @@ class RunContext:
     identity: dict[str, Any] = field(default_factory=dict)
     #: how to reach an object-store ``out`` (``RunConfig.storage``)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    #: experiment trackers (``orchestrator.trackers.Trackers``, rank 0; set by ``train_run``):
+    #: they get every row the store gets, after the store
+    trackers: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -211,10 +214,14 @@ class RunContext:
     def write_metrics(self, part: str, rows: list[Mapping[str, Any]]) -> None:
         if self.is_main:
             self.store.write_metrics(self.run_id, part, rows)
+            if self.trackers is not None:
+                self.trackers.log_metrics(rows)
 
     def write_diagnostics(self, part: str, rows: list[Mapping[str, Any]]) -> None:
         if self.is_main:
             self.store.write_diagnostics(self.run_id, part, rows)
+            if self.trackers is not None:
+                self.trackers.log_diagnostics(rows)
 
     def metric_row(self, split: str, epoch: int, step: int, task: str, metric: str,
                    value: float, higher_is_better: bool | None) -> dict[str, Any]:

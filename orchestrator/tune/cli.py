@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from orchestrator import trackers
 from orchestrator.config import (
     COMMON_FLAGS,
     ConfigError,
@@ -27,7 +28,7 @@ _TUNE_FLAGS = ("trials", "metric", "scheduler", "workers_per_trial", "gpus_per_t
 
 
 _EXP_FLAGS = {"benchmark": "benchmark", "method": "methods", "epochs": "train.epochs",
-              "steps": "train.steps", **{k: k for k in COMMON_FLAGS}}
+              "steps": "train.steps", "trackers": "trackers", **{k: k for k in COMMON_FLAGS}}
 
 
 def _add_flags(p: argparse.ArgumentParser) -> None:
@@ -55,6 +56,7 @@ def _add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true", default=None,
                    help="delete an existing search with the same id (and its runs) first")
     add_common_flags(p)
+    trackers.add_flags(p)
 
 
 _DESCRIPTION = (
@@ -106,6 +108,7 @@ def search_from_args(args: argparse.Namespace) -> tuple[Search, dict[str, Any]]:
     flags = {key: getattr(args, flag, None) for flag, key in _EXP_FLAGS.items()}
     flags.update({f"tune.{flag}": getattr(args, flag, None) for flag in _TUNE_FLAGS})
     data = set_values(data, {k: v for k, v in flags.items() if v is not None})
+    data = set_values(data, trackers.option_values(getattr(args, "tracker_option", None)))
     search = build_search(data, overrides, resume=bool(args.resume),
                           fresh=bool(args.fresh))
     return search, {"verbose": search.exp.verbose, "ray_address": search.exp.ray_address}
