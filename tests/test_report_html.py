@@ -1,0 +1,154 @@
+"""``mtlx report RESULTS --html FILE`` opened as a person would: in headless Chromium.
+
+The results directory comes from real tiny runs (tests/report_results.py: multi_digits with
+STL, mt1 SAC, a DB-MTL search) and a published-vs-reproduced comparison (``--against
+multi_digits_loss_scale``). Chromium loads the file from disk with the network stack cut off;
+its DOM after the page's script ran must hold every section, one ranked-table row per
+method group, and only images that decoded (the page's script writes ``naturalWidth > 0``
+counts into ``#image-check``); the file references nothing outside itself; a screenshot is
+written (``MTLX_SCREENSHOT=path`` keeps a copy). Chromium missing: skipped on a developer's
+machine, a failure in CI (``CI`` set), where ``.ci/run`` installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from orchestrator import cli
+from orchestrator.report import Results
+from orchestrator.report.html import markdown_html
+from orchestrator.report.tables import summarize
+from tests.report_results import results_dir
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage"]
+
+
+def _chromium() -> str:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (CI must have it: .ci/run installs it with "
+                        "apt-get install -y chromium)")
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    return CHROMIUM
+
+
+def _browse(page: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
+    return subprocess.run([_chromium(), *FLAGS, f"--user-data-dir={profile}", *args,
+                           page.as_uri()], capture_output=True, text=True, timeout=120)
+
+
+class _Dom(HTMLParser):
+    """Elements of the dumped DOM: (tag, attributes) in document order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, dict[str, str]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, {k: v or "" for k, v in attrs}))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    def find(self, tag: str, **attrs: str) -> list[dict[str, str]]:
+        return [a for t, a in self.elements if t == tag
+                and all(k in a and v in a[k].split() + [a[k]] for k, v in attrs.items())]
+
+
+@pytest.fixture(scope="module")
+def report(ray_session, tmp_path_factory):
+    """(results dir, the HTML file, Chromium's DOM of it, the screenshot)."""
+    out = results_dir(tmp_path_factory.getbasetemp())
+    page = tmp_path_factory.mktemp("html") / "r.html"
+    code = cli.main(["report", str(out), "--html", str(page), "--against",
+                     "multi_digits_loss_scale"])
+    assert code == 0 and page.stat().st_size > 0
+    tmp = page.parent
+    r = _browse(page, tmp, "--dump-dom", "--virtual-time-budget=5000")
+    assert r.returncode == 0, r.stderr[-2000:]
+    dom = _Dom()
+    dom.feed(r.stdout)
+    shot = tmp / "r.png"
+    r = _browse(page, tmp, f"--screenshot={shot}", "--window-size=1280,4000",
+                "--virtual-time-budget=5000")
+    assert r.returncode == 0, r.stderr[-2000:]
+    if os.environ.get("MTLX_SCREENSHOT"):
+        shutil.copy(shot, os.environ["MTLX_SCREENSHOT"])
+    return out, page, dom, shot
+
+
+def test_every_section_is_in_the_rendered_page(report):
+    out, _, dom, _ = report
+    ids = {a.get("id") for _, a in dom.elements}
+    runs = pd.read_parquet(out / "runs")
+    searches = [d.name for d in (out / "searches").iterdir()]
+    assert {"bench-multi_digits", "bench-mt1", "reproduce-multi_digits_loss_scale"} <= ids
+    assert len(searches) == 1 and f"search-{searches[0].replace('.', '-')}" in ids
+    # the table of contents links every section
+    links = {a["href"] for a in dom.find("a") if a.get("href", "").startswith("#")}
+    assert {f"#{a['id']}" for a in dom.find("section")} == links
+    assert set(runs.benchmark) == {"multi_digits", "mt1"}
+
+
+def test_ranked_tables_have_one_row_per_method_group(report):
+    out, _, dom, _ = report
+    res = Results.load(out)
+    (table,) = summarize(res, "multi_digits")
+    rows = [a["data-method"] for a in dom.find("tr") if "data-method" in a]
+    assert rows == list(table.frame.method)  # in rank order
+    assert sorted(rows) == ["ew", "imtl_g", "stl"]
+    text = "".join(dom.text)
+    assert "Δm% ↓" in text and "Δp% ↑" in text and " ± " in text
+    # the mt1 success table: one row per method (final and best success, learned seeds)
+    assert "mt1: success rate" in text and "final success ↑" in text
+    mt1 = [a for a in dom.find("table") if a.get("data-benchmark") == "mt1"]
+    assert len(mt1) == 1
+    # the search's trials and the comparison's published and reproduced numbers
+    assert "t0000 (default)" in text and "importance (Optuna fANOVA)" in text
+    assert "EW ×10" in text and "Kendall τ" in text
+
+
+def test_every_figure_decodes_in_the_browser(report):
+    _, _, dom, _ = report
+    (check,) = dom.find("p", id="image-check")
+    kinds = [a["data-kind"] for a in dom.find("figure")]
+    # curves, weights, gradient norms, cosines; mt1 success; the search; the reproduction
+    assert {"curves", "weight", "grad_norm", "cosine", "success", "search", "reproduce"} <= set(kinds)
+    assert int(check["data-total"]) == len(kinds) == len(dom.find("img"))
+    assert check["data-ok"] == check["data-total"]  # naturalWidth > 0 for every image
+
+
+def test_the_file_is_self_contained(report):
+    _, page, dom, _ = report
+    text = page.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)
+    assert "@import" not in text and "url(" not in text
+    assert all(a["src"].startswith("data:image/png;base64,") for a in dom.find("img"))
+    assert not dom.find("link") and all("src" not in a for a in dom.find("script"))
+
+
+def test_screenshot_is_written(report):
+    *_, shot = report
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000  # a page, not a blank
+
+
+def test_markdown_subset_converts_and_escapes():
+    out = markdown_html("### t <1>\n\n- a **b**\n- c\n\n| x | y |\n|---|---:|\n| 1 | <b> |\ntext")
+    assert out.startswith("<h4>t &lt;1&gt;</h4>")
+    assert "<ul><li>a <strong>b</strong></li><li>c</li></ul>" in out
+    assert "<th>x</th><th>y</th>" in out and "<td>&lt;b&gt;</td>" in out and "---" not in out
+    assert out.endswith("<p>text</p>")
