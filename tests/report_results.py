@@ -25,7 +25,8 @@ DIGITS = ["run", "--benchmark", "multi_digits", "--methods", "ew,imtl_g,stl", "-
 MT1 = ["run", "--benchmark", "mt1", "--methods", "ew,cagrad", "--seeds", "0,1", "--steps", "200",
        "--workers", "0", "--no-report", "train.eval_every=100", "train.batch_size=16",
        "bench_options.horizon=20", "trainer_options.hidden=16", "trainer_options.layers=1",
-       "trainer_options.warmup_steps=50", "trainer_options.buffer_size=500"]
+       "trainer_options.warmup_steps=50", "trainer_options.buffer_size=500",
+       "trainer_options.log_every=50"]
 TUNE = ["--benchmark", "multi_digits", "--method", "db_mtl", "--trials", "3", "--epochs", "1",
         "train.max_steps_per_epoch=3", "train.max_eval_batches=2"]
 

@@ -127,6 +127,7 @@ def test_every_figure_decodes_in_the_browser(report):
     kinds = [a["data-kind"] for a in dom.find("figure")]
     # curves, weights, gradient norms, cosines; mt1 success; the search; the reproduction
     assert {"curves", "weight", "grad_norm", "cosine", "success", "search", "reproduce"} <= set(kinds)
+    assert kinds.count("weight") >= 2  # multi_digits' and the mt1 SAC losses' weights
     assert int(check["data-total"]) == len(kinds) == len(dom.find("img"))
     assert check["data-ok"] == check["data-total"]  # naturalWidth > 0 for every image
 
@@ -148,7 +149,7 @@ def test_screenshot_is_written(report):
 
 def test_markdown_subset_converts_and_escapes():
     out = markdown_html("### t <1>\n\n- a **b**\n- c\n\n| x | y |\n|---|---:|\n| 1 | <b> |\ntext")
-    assert out.startswith("<h4>t &lt;1&gt;</h4>")
+    assert out.startswith("<h2>t &lt;1&gt;</h2>")
     assert "<ul><li>a <strong>b</strong></li><li>c</li></ul>" in out
     assert "<th>x</th><th>y</th>" in out and "<td>&lt;b&gt;</td>" in out and "---" not in out
     assert out.endswith("<p>text</p>")

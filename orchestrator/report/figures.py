@@ -146,12 +146,14 @@ def diagnostic(d: pd.DataFrame, quantity: str, palette: Palette, title: str) -> 
     else:
         d = d.assign(key=d.task)
     keys = list(dict.fromkeys(d.key))
-    if len(keys) > 9:  # many tasks / pairs: the mean over them, one panel
+    if len(keys) > 12:  # many tasks / pairs: the mean over them, one panel
         d = d.groupby(["label", "run_id", "step"]).value.mean().reset_index()
         d = d.assign(key=f"mean over {len(keys)} {'pairs' if quantity == 'cosine' else 'tasks'}")
         keys = [d.key.iloc[0]]
     ylabel = {"weight": "task weight", "grad_norm": "gradient norm (L2)",
               "cosine": "cosine similarity"}.get(quantity, quantity)
+    if quantity.endswith(".weight"):  # RL: one weighting per loss (actor, critic, ...)
+        ylabel = f"{quantity.removesuffix('.weight')} task weight"
     plt = _plt()
     fig, axes = _grid(plt, len(keys))
     for ax, key in zip(axes, keys):

@@ -78,7 +78,7 @@ def _md_table(rows: list[str]) -> str:
 
 
 def markdown_html(text: str) -> str:
-    """Headings (``###``), bullet lists, pipe tables and paragraphs, as ``mtlx report``
+    """Headings (``###``: a section's title, ``<h2>``), bullet lists, pipe tables and paragraphs, as ``mtlx report``
     prints them; everything else is text (escaped)."""
     blocks: list[str] = []
     lines = text.splitlines()
@@ -86,7 +86,7 @@ def markdown_html(text: str) -> str:
     while i < len(lines):
         line = lines[i]
         if line.startswith("#"):
-            level = min(6, len(line) - len(line.lstrip("#")) + 1)
+            level = max(2, min(6, len(line) - len(line.lstrip("#")) - 1))  # ### → <h2>
             blocks.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
         elif line.startswith("|"):
             j = i
@@ -187,6 +187,11 @@ def _rl_section(res: Results, b: str, palette: figures.Palette) -> str:
     uri = figures.success_curves(rl.curves(res, b), palette,
                                  f"{b}: success rate (mean ± SEM over seeds)")
     parts.append(_figure(uri, f"{b}: success curves", "success"))
+    d = plots.labelled_diagnostics(res, b)
+    for q in sorted({q for q in d.quantity if q.endswith(".weight")}):
+        title = f"{q.removesuffix('.weight')} task weights"
+        uri = figures.diagnostic(d, q, palette, f"{b}: {title} (mean over seeds)")
+        parts.append(_figure(uri, f"{b}: {title}", "weight"))
     return "\n".join(parts) + "</section>"
 
 
