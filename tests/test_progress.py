@@ -120,3 +120,21 @@ def test_overall_context_is_left_when_the_grid_ends():
     with overall(2, "grid") as o:
         assert ProgressBoard(5, io.StringIO(), tty=False).overall is o
     assert ProgressBoard(5, io.StringIO(), tty=False).overall is None
+
+
+def test_a_long_dataset_scan_prints_progress(tmp_path, capsys, monkeypatch):
+    """A NYUv2 layout scan with the thresholds at 0: one line per sample checked, per split."""
+    import envs
+    from envs import _dense
+    from envs.fixtures.dense import write_nyuv2
+
+    root = write_nyuv2(tmp_path / "nyu", n_train=5, n_test=3)
+    monkeypatch.setattr(_dense, "SCAN_PROGRESS_AFTER_S", 0.0)
+    monkeypatch.setattr(_dense, "SCAN_LINE_EVERY_S", 0.0)
+    envs.create("nyuv2", root=str(root), val_size=1)
+    err = capsys.readouterr().err
+    assert f"scanning {root / 'train'}: 4/5 samples checked" in err
+    assert f"scanning {root / 'val'}: 2/3 samples checked" in err  # MTAN's test folder
+    monkeypatch.setattr(_dense, "SCAN_PROGRESS_AFTER_S", 60.0)  # the default: a short scan
+    envs.create("nyuv2", root=str(root), val_size=1)  # prints nothing
+    assert "scanning" not in capsys.readouterr().err

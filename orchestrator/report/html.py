@@ -230,7 +230,7 @@ tbody tr:hover{background:#fafbfc}.sw{display:inline-block;width:10px;height:10p
 .notes{color:#444;font-size:13px}figure{margin:14px 0 24px}figure img{max-width:100%;
  height:auto;border:1px solid #eee}figcaption{color:#555;font-size:12px}
 .problems li{color:#a00}#image-check{color:#777;font-size:12px}
-@media print{nav{display:none}section{break-inside:avoid-page}}
+@media print{nav{display:none}figure,table{break-inside:avoid}}
 """
 
 SCRIPT = """
