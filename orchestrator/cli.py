@@ -4,7 +4,8 @@
 
     mtlx run [CONFIG.yaml] [--benchmark B] [--methods m1,m2] [--seeds 0,1,2] [--epochs N]
              [--workers W] [--gpus-per-worker G] [--data-root PATH] [--out DIR] [key=value ...]
-    mtlx report RESULTS_DIR [--format markdown|csv] [--plots DIR] [--benchmark B] [--against TABLE_ID]
+    mtlx report RESULTS_DIR [--format markdown|csv] [--plots DIR] [--html FILE] [--benchmark B]
+                [--against TABLE_ID]
     mtlx tune [--benchmark B] [--method M] [--trials N] [--metric val_delta_m] [--scheduler asha|none]
               [--workers-per-trial W] [--gpus-per-trial G] [--max-concurrent K] [--resume] [--out DIR]
     mtlx reproduce --list | TABLE_ID [--data-root PATH] [--seeds 0,1,2] [--smoke] [--out DIR]
