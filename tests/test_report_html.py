@@ -56,9 +56,25 @@ class _Dom(HTMLParser):
         super().__init__()
         self.elements: list[tuple[str, dict[str, str]]] = []
         self.text: list[str] = []
+        self.rows: list[tuple[dict[str, str], dict[str, str]]] = []  # (table, tr) attributes
+        self._table: dict[str, str] = {}
+        self.swatches: list[tuple[str | None, str]] = []  # (row's method, swatch style)
 
     def handle_starttag(self, tag, attrs):
-        self.elements.append((tag, {k: v or "" for k, v in attrs}))
+        a = {k: v or "" for k, v in attrs}
+        self.elements.append((tag, a))
+        if tag == "table":
+            self._table = a
+        elif tag == "tr":
+            self.rows.append((self._table, a))
+        elif tag == "span" and "sw" in a.get("class", "").split() and self.rows:
+            self.swatches.append((self.rows[-1][1].get("data-method"), a.get("style", "")))
+
+    def methods(self, cls: str, benchmark: str | None = None) -> list[str]:
+        """The data-method of each row of the tables of class ``cls`` (of ``benchmark``)."""
+        return [tr["data-method"] for table, tr in self.rows if "data-method" in tr
+                and cls in table.get("class", "").split()
+                and benchmark in (None, table.get("data-benchmark"))]
 
     def handle_data(self, data):
         self.text.append(data)
@@ -107,15 +123,21 @@ def test_ranked_tables_have_one_row_per_method_group(report):
     out, _, dom, _ = report
     res = Results.load(out)
     (table,) = summarize(res, "multi_digits")
-    rows = [a["data-method"] for a in dom.find("tr") if "data-method" in a]
+    rows = dom.methods("ranked", "multi_digits")
     assert rows == list(table.frame.method)  # in rank order
     assert sorted(rows) == ["ew", "imtl_g", "stl"]
+    assert sorted(dom.methods("ranked", "mt1")) == ["cagrad", "ew"]
+    # one colour per method in every table (the figures take theirs from the same map)
+    colours: dict[str, set[str]] = {}
+    for method, style in dom.swatches:
+        colours.setdefault(method, set()).add(style)
+    assert {"ew", "imtl_g", "stl", "cagrad"} <= set(colours)
+    assert all(len(c) == 1 for c in colours.values())
+    assert len({c.pop() for c in colours.values()}) == len(colours)
     text = "".join(dom.text)
     assert "Δm% ↓" in text and "Δp% ↑" in text and " ± " in text
     # the mt1 success table: one row per method (final and best success, learned seeds)
     assert "mt1: success rate" in text and "final success ↑" in text
-    mt1 = [a for a in dom.find("table") if a.get("data-benchmark") == "mt1"]
-    assert len(mt1) == 1
     # the search's trials and the comparison's published and reproduced numbers
     assert "t0000 (default)" in text and "importance (Optuna fANOVA)" in text
     assert "EW ×10" in text and "Kendall τ" in text

@@ -135,9 +135,10 @@ def learning_curves(curves: pd.DataFrame, palette: Palette, title: str) -> str |
     return data_uri(plt, fig)
 
 
-def diagnostic(d: pd.DataFrame, quantity: str, palette: Palette, title: str) -> str | None:
+def diagnostic(d: pd.DataFrame, quantity: str, palette: Palette, title: str,
+               xlabel: str = "optimizer step") -> str | None:
     """One panel per task (weights, gradient norms) or task pair (cosines): every method's
-    mean over seeds against the optimizer step, in the method's colour."""
+    mean over seeds against the step, in the method's colour."""
     d = d[d.quantity == quantity]
     if d.empty:
         return None
@@ -152,8 +153,6 @@ def diagnostic(d: pd.DataFrame, quantity: str, palette: Palette, title: str) -> 
         keys = [d.key.iloc[0]]
     ylabel = {"weight": "task weight", "grad_norm": "gradient norm (L2)",
               "cosine": "cosine similarity"}.get(quantity, quantity)
-    if quantity.endswith(".weight"):  # RL: one weighting per loss (actor, critic, ...)
-        ylabel = f"{quantity.removesuffix('.weight')} task weight"
     plt = _plt()
     fig, axes = _grid(plt, len(keys))
     for ax, key in zip(axes, keys):
@@ -164,7 +163,7 @@ def diagnostic(d: pd.DataFrame, quantity: str, palette: Palette, title: str) -> 
         if quantity == "cosine":
             ax.axhline(0.0, color="0.5", lw=0.8, ls=":")
         ax.set_title(key)
-        ax.set_xlabel("optimizer step")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
     fig.suptitle(title)
     fig.tight_layout()

@@ -68,18 +68,26 @@ def _inline(text: str) -> str:
     return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
 
 
-def _md_table(rows: list[str]) -> str:
+def _md_table(rows: list[str], palette: figures.Palette | None) -> str:
     cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
     head, body = cells[0], [c for c in cells[1:] if not all(set(x) <= set("-: ") for x in c)]
+    col = head.index("method") if palette is not None and "method" in head else None
     out = ["<table class='md'><thead><tr>"
            + "".join(f"<th>{_inline(h)}</th>" for h in head) + "</tr></thead><tbody>"]
-    out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body]
+    for r in body:
+        tds = [f"<td>{_inline(c)}</td>" for c in r]
+        attr = ""
+        if col is not None and col < len(r):  # the method's colour, as in the figures
+            tds[col] = f"<td>{_swatch(r[col], palette)}{_inline(r[col])}</td>"
+            attr = f" data-method='{_e(r[col])}'"
+        out.append(f"<tr{attr}>" + "".join(tds) + "</tr>")
     return "\n".join(out) + "</tbody></table>"
 
 
-def markdown_html(text: str) -> str:
-    """Headings (``###``: a section's title, ``<h2>``), bullet lists, pipe tables and paragraphs, as ``mtlx report``
-    prints them; everything else is text (escaped)."""
+def markdown_html(text: str, palette: figures.Palette | None = None) -> str:
+    """Headings (``###``: a section's title, ``<h2>``), bullet lists, pipe tables and
+    paragraphs, as ``mtlx report`` prints them; everything else is text (escaped). With a
+    ``palette``, a table's ``method`` cells get the method's colour swatch."""
     blocks: list[str] = []
     lines = text.splitlines()
     i = 0
@@ -92,7 +100,7 @@ def markdown_html(text: str) -> str:
             j = i
             while j < len(lines) and lines[j].startswith("|"):
                 j += 1
-            blocks.append(_md_table(lines[i:j]))
+            blocks.append(_md_table(lines[i:j], palette))
             i = j
             continue
         elif line.startswith("- "):
@@ -182,15 +190,22 @@ def _benchmark_section(res: Results, t: Table, palette: figures.Palette) -> str:
 def _rl_section(res: Results, b: str, palette: figures.Palette) -> str:
     frame = rl.summarize(res, b)
     parts = [f"<section class='benchmark rl' id='bench-{_slug(b)}' data-benchmark='{_e(b)}'>",
-             markdown_html(rl.format_markdown(b, frame)).replace(
+             markdown_html(rl.format_markdown(b, frame), palette).replace(
                  "<table class='md'>", f"<table class='md ranked' data-benchmark='{_e(b)}'>")]
     uri = figures.success_curves(rl.curves(res, b), palette,
                                  f"{b}: success rate (mean ± SEM over seeds)")
     parts.append(_figure(uri, f"{b}: success curves", "success"))
+    # each SAC loss's task weights (quantity "<loss>.weight"): one panel per (loss, task),
+    # one figure per loss when that would be more than 12 panels (MT10: 3 losses × 10 tasks)
     d = plots.labelled_diagnostics(res, b)
-    for q in sorted({q for q in d.quantity if q.endswith(".weight")}):
-        title = f"{q.removesuffix('.weight')} task weights"
-        uri = figures.diagnostic(d, q, palette, f"{b}: {title} (mean over seeds)")
+    d = d[d.quantity.str.endswith(".weight")]
+    d = d.assign(loss=d.quantity.str.removesuffix(".weight"), quantity="weight")
+    d = d.assign(task=d.loss + " loss · " + d.task.str.removesuffix("-v3"))
+    groups = [("all", d)] if d.task.nunique() <= 12 else list(d.groupby("loss"))
+    for loss, g in groups:
+        title = "task weights" + ("" if loss == "all" else f" of the {loss} loss")
+        uri = figures.diagnostic(g, "weight", palette, f"{b}: {title} (mean over seeds)",
+                                 xlabel="environment steps")
         parts.append(_figure(uri, f"{b}: {title}", "weight"))
     return "\n".join(parts) + "</section>"
 
@@ -203,10 +218,10 @@ def _search_section(s: SearchPart, palette: figures.Palette) -> str:
             + "</section>")
 
 
-def _repro_section(r: ReproPart) -> str:
+def _repro_section(r: ReproPart, palette: figures.Palette) -> str:
     uri = figures.png_file(r.png) if r.png else None
     return (f"<section class='reproduce' id='reproduce-{_slug(r.table_id)}' "
-            f"data-table='{_e(r.table_id)}'>" + markdown_html(r.markdown)
+            f"data-table='{_e(r.table_id)}'>" + markdown_html(r.markdown, palette)
             + _figure(uri, f"{r.table_id}: published vs reproduced", "reproduce")
             + "</section>")
 
@@ -264,7 +279,7 @@ def build(res: Results, source: str, benchmark: str | None = None,
     sections = [_benchmark_section(res, t, palette) for t in tables]
     sections += [_rl_section(res, b, palette) for b in rl_names if b in names]
     sections += [_search_section(s, palette) for s in searches]
-    sections += [_repro_section(r) for r in reproductions]
+    sections += [_repro_section(r, palette) for r in reproductions]
     if res.problems:
         sections.append("<section class='problems' id='problems'><h2>Unreadable files</h2><ul>"
                         + "".join(f"<li>{_e(p)}</li>" for p in res.problems) + "</ul></section>")
