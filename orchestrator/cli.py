@@ -160,13 +160,21 @@ def write_html_report(results: str, path: str, benchmark: str | None = None,
     from orchestrator.tune import report as tune_report
     from orchestrator.tune import results as tune_results
 
+    if Path(path).is_dir():
+        raise ConfigError(f"--html {path!r} is a directory; fix: give a file name, e.g. "
+                          f"{Path(path) / 'report.html'}")
     try:
         res = Results.load(results)
+        if benchmark is not None and benchmark not in set(res.runs.benchmark):
+            raise ValueError(f"no runs of benchmark {benchmark!r} in these results; present: "
+                             f"{sorted(set(res.runs.benchmark))}")
     except ValueError as e:
         raise ConfigError(str(e)) from None
     searches = []
     for d in tune_results.find_searches(results):
         summary, trials = tune_results.load_summary(d), tune_results.load_trials(d)
+        if benchmark is not None and summary.get("benchmark") != benchmark:
+            continue
         searches.append(html.SearchPart(d.name, tune_report.tune_report(results, d.name),
                                         summary, trials,
                                         tune_report.param_importance(trials, summary)))
@@ -179,6 +187,8 @@ def write_html_report(results: str, path: str, benchmark: str | None = None,
                 table = tables.get_table(table_id)
             except tables.TableError:
                 continue  # a file there that is not a shipped table's comparison
+            if benchmark is not None and table.benchmark != benchmark:
+                continue
             cmp = compare.compare(table, results, None)
             png = render.plot(cmp, Path(tmp) / f"{table.id}.png")
             repros.append(html.ReproPart(table.id, render.markdown(cmp), str(png)))

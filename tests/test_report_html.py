@@ -175,3 +175,25 @@ def test_markdown_subset_converts_and_escapes():
     assert "<ul><li>a <strong>b</strong></li><li>c</li></ul>" in out
     assert "<th>x</th><th>y</th>" in out and "<td>&lt;b&gt;</td>" in out and "---" not in out
     assert out.endswith("<p>text</p>")
+
+
+def test_bad_html_arguments_are_clear_errors(report, tmp_path, capsys):
+    out, *_ = report
+    assert cli.main(["report", str(out), "--html", str(tmp_path)]) == 2
+    assert "is a directory; fix: give a file name" in capsys.readouterr().err
+    assert cli.main(["report", str(out), "--html", str(tmp_path / "r.html"), "--benchmark",
+                     "nope"]) == 2
+    assert "no runs of benchmark 'nope'" in capsys.readouterr().err
+    assert cli.main(["report", str(tmp_path), "--html", str(tmp_path / "r.html")]) == 2
+    assert "not an mtlx results directory" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_one_benchmark_only(report, tmp_path):
+    out, *_ = report
+    page = tmp_path / "mt1.html"
+    assert cli.main(["report", str(out), "--html", str(page), "--benchmark", "mt1"]) == 0
+    dom = _Dom()
+    dom.feed(page.read_text())
+    ids = [a["id"] for a in dom.find("section")]
+    assert ids == ["bench-mt1"]  # the search and the comparison are of multi_digits
