@@ -28,6 +28,9 @@ from orchestrator.report.html import markdown_html
 from orchestrator.report.tables import summarize
 from tests.report_results import results_dir
 
+#: the results fixture runs a search on the session Ray (~1 min on 2 cores, once per session)
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -20,6 +20,9 @@ import pytest
 from orchestrator.results import read_table
 from tests.report_results import results_dir
 
+#: the results fixture runs a search on the session Ray (~1 min on 2 cores, once per session)
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 TABLES = ("metrics", "runs", "diagnostics")
 
