@@ -200,3 +200,14 @@ def test_one_benchmark_only(report, tmp_path):
     dom.feed(page.read_text())
     ids = [a["id"] for a in dom.find("section")]
     assert ids == ["bench-mt1"]  # the search and the comparison are of multi_digits
+
+
+def test_palette_gives_each_method_one_colour_and_stl_black():
+    from orchestrator.report.figures import COLOURS, Palette
+
+    p = Palette(["pcgrad", "ew", "stl", "cagrad", "ew"])
+    assert p.colour("stl") == "#000000"
+    assert [p.colour(m) for m in ("cagrad", "ew", "pcgrad")] == COLOURS[:3]  # sorted labels
+    assert Palette(["ew", "pcgrad", "cagrad"]).colour("ew") == p.colour("ew")  # order-free
+    many = Palette([f"m{i:02d}" for i in range(len(COLOURS) + 1)])
+    assert many.style(f"m{len(COLOURS):02d}")["ls"] == "--"  # past the palette: dashed
