@@ -54,6 +54,8 @@ import functools
 import logging
 import os
 import re
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +146,29 @@ class SplitIndex:
     size: tuple[int, int]
 
 
+#: a layout scan that has run this long prints a line to stderr every SCAN_LINE_EVERY_S
+SCAN_PROGRESS_AFTER_S = 2.0
+SCAN_LINE_EVERY_S = 5.0
+
+
+class ScanProgress:
+    """Lines ``scanning <dir>: i/n samples checked`` during a long scan (not silence)."""
+
+    def __init__(self, split_dir: Path, n: int) -> None:
+        self.split_dir, self.n = split_dir, n
+        self.t0 = time.perf_counter()
+        self.last: float | None = None
+
+    def tick(self, i: int) -> None:
+        now = time.perf_counter()
+        if now - self.t0 < SCAN_PROGRESS_AFTER_S or (
+                self.last is not None and now - self.last < SCAN_LINE_EVERY_S):
+            return
+        self.last = now
+        print(f"scanning {self.split_dir}: {i}/{self.n} samples checked", file=sys.stderr,
+              flush=True)
+
+
 def scan_split(split_dir: Path, modalities: Sequence[Modality], layout: str) -> SplitIndex:
     """Check one ``<root>/<split>`` folder completely; ``ValueError`` naming what is wrong."""
     if not split_dir.is_dir():
@@ -187,7 +212,9 @@ def scan_split(split_dir: Path, modalities: Sequence[Modality], layout: str) -> 
                 f"folder of {split_dir} must hold the same indices 0…{n - 1}"
             )
     size: tuple[int, int] | None = None
+    progress = ScanProgress(split_dir, n)
     for i in range(n):
+        progress.tick(i)
         for m in modalities:
             path = split_dir / m.folder / f"{i}.npy"
             shape, dtype = _npy_header(path)

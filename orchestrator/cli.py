@@ -4,7 +4,8 @@
 
     mtlx run [CONFIG.yaml] [--benchmark B] [--methods m1,m2] [--seeds 0,1,2] [--epochs N]
              [--workers W] [--gpus-per-worker G] [--data-root PATH] [--out DIR] [key=value ...]
-    mtlx report RESULTS_DIR [--format markdown|csv] [--plots DIR] [--benchmark B] [--against TABLE_ID]
+    mtlx report RESULTS_DIR [--format markdown|csv] [--plots DIR] [--html FILE] [--benchmark B]
+                [--against TABLE_ID]
     mtlx tune [--benchmark B] [--method M] [--trials N] [--metric val_delta_m] [--scheduler asha|none]
               [--workers-per-trial W] [--gpus-per-trial G] [--max-concurrent K] [--resume] [--out DIR]
     mtlx reproduce --list | TABLE_ID [--data-root PATH] [--seeds 0,1,2] [--smoke] [--out DIR]
@@ -148,11 +149,65 @@ def add_report_parser(sub: Any) -> argparse.ArgumentParser:
     rep.add_argument("--format", default="markdown", choices=("markdown", "csv"))
     rep.add_argument("--plots", metavar="DIR", help="also write PNG plots into DIR")
     rep.add_argument("--benchmark", help="only this benchmark")
+    rep.add_argument("--html", metavar="FILE", help="also write one self-contained HTML page "
+                     "(tables, figures, searches, reproductions) to FILE")
     reproduce_cli.add_against(rep)
     return rep
 
 
+def write_html_report(results: str, path: str, benchmark: str | None = None,
+                      against: str | None = None) -> None:
+    """``mtlx report --html``: the page of :mod:`orchestrator.report.html`, with the searches
+    (:mod:`orchestrator.tune`) and the comparisons (``--against``, and every table a
+    ``mtlx reproduce`` wrote into ``RESULTS/reproduce/``) handed in from their layers."""
+    import tempfile
+    from pathlib import Path
+
+    from orchestrator.report import Results, html
+    from orchestrator.reproduce import compare, render, tables
+    from orchestrator.tune import report as tune_report
+    from orchestrator.tune import results as tune_results
+
+    if Path(path).is_dir():
+        raise ConfigError(f"--html {path!r} is a directory; fix: give a file name, e.g. "
+                          f"{Path(path) / 'report.html'}")
+    try:
+        res = Results.load(results)
+        if benchmark is not None and benchmark not in set(res.runs.benchmark):
+            raise ValueError(f"no runs of benchmark {benchmark!r} in these results; present: "
+                             f"{sorted(set(res.runs.benchmark))}")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    searches = []
+    for d in tune_results.find_searches(results):
+        summary, trials = tune_results.load_summary(d), tune_results.load_trials(d)
+        if benchmark is not None and summary.get("benchmark") != benchmark:
+            continue
+        searches.append(html.SearchPart(d.name, tune_report.tune_report(results, d.name),
+                                        summary, trials,
+                                        tune_report.param_importance(trials, summary)))
+    ids = [against] if against else []
+    ids += sorted(p.stem for p in (Path(results) / "reproduce").glob("*.csv") if p.stem not in ids)
+    repros = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for table_id in ids:
+            try:
+                table = tables.get_table(table_id)
+            except tables.TableError:
+                continue  # a file there that is not a shipped table's comparison
+            if benchmark is not None and table.benchmark != benchmark:
+                continue
+            cmp = compare.compare(table, results, None)
+            png = render.plot(cmp, Path(tmp) / f"{table.id}.png")
+            repros.append(html.ReproPart(table.id, render.markdown(cmp), str(png)))
+        page = html.build(res, str(results), benchmark, searches, repros)
+    html.write(path, page)
+    print(f"wrote {path} ({len(page) / 1e6:.1f} MB, self-contained)", file=sys.stderr)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.html:
+        write_html_report(args.results, args.html, args.benchmark, args.against)
     if args.against:  # side by side with a published table (orchestrator.reproduce)
         return reproduce_cli.report_against(args.results, args.against, args.format,
                                             args.plots)

@@ -4,7 +4,9 @@
   :func:`report_text`;
 * :mod:`.rl` — RL benchmarks' success tables and curves (MT10, MT1);
 * :mod:`.plots` — learning curves, task weights, gradient norms and cosines;
-  :func:`plot_all`.
+  :func:`plot_all`;
+* :mod:`.html` — ``mtlx report --html``: one self-contained page of all of the above (and
+  the searches and comparisons the CLI hands in), drawn by :mod:`.figures`.
 
 Layers: reports read :mod:`orchestrator.results` only.
 """

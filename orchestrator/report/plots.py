@@ -45,6 +45,47 @@ def _mean_curve(df: pd.DataFrame, x: str) -> pd.DataFrame:
     return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1)}).reset_index()
 
 
+def _runs(res: Results, b: str, run_ids: Sequence[str] | None) -> pd.DataFrame:
+    runs = res.runs[(res.runs.benchmark == b) & (res.runs.method != STL)]
+    return runs if run_ids is None else runs[runs.run_id.isin(run_ids)]
+
+
+def learning_curves(res: Results, b: str, run_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """Benchmark ``b``'s learning curves, mean and std over each group's seeds per epoch:
+    the train loss of every task, then every (task, metric) on val (or test when there is
+    no val split); at most ``2 * MAX_METRIC_COLUMNS`` panels. Columns: split, task, metric
+    (the panel), label (the method group, as in the table), epoch, mean, std."""
+    runs = _runs(res, b, run_ids)
+    labels = _labels(runs)
+    m = res.metrics[res.metrics.run_id.isin(runs.run_id)]
+    m = m.assign(label=m.run_id.map(labels))
+    spec = metrics_spec(runs)
+    split = "val" if (m.split == "val").any() else "test"
+    panels = [("train", t, "loss") for t in spec]
+    panels += [(split, t, mm.name) for t, ms in spec.items() for mm in ms]
+    parts = []
+    for sp, task, metric in panels[: 2 * MAX_METRIC_COLUMNS]:
+        sel = m[(m.split == sp) & (m.task == task) & (m.metric == metric)]
+        for label, g in sel.groupby("label"):
+            c = _mean_curve(g, "epoch")
+            parts.append(c.assign(split=sp, task=task, metric=metric, label=label))
+    cols = ["split", "task", "metric", "label", "epoch", "mean", "std"]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+
+
+def panels_of(curves: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """The (split, task, metric) panels of :func:`learning_curves`, in order."""
+    return list(dict.fromkeys(zip(curves.split, curves.task, curves.metric)))
+
+
+def labelled_diagnostics(res: Results, b: str,
+                         run_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """Benchmark ``b``'s diagnostics rows with the method-group ``label`` of their run."""
+    runs = _runs(res, b, run_ids)
+    d = res.diagnostics[res.diagnostics.run_id.isin(runs.run_id)]
+    return d.assign(label=d.run_id.map(_labels(runs)))
+
+
 def plot(res: Results, out_dir: str | Path, benchmark: str | None = None,
          run_ids: Sequence[str] | None = None) -> list[Path]:
     """Write PNG plots per benchmark into ``out_dir``; returns the files written."""
@@ -58,27 +99,16 @@ def plot(res: Results, out_dir: str | Path, benchmark: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for b in ([benchmark] if benchmark else sorted(set(res.runs.benchmark))):
-        runs = res.runs[(res.runs.benchmark == b) & (res.runs.method != STL)]
-        if run_ids is not None:
-            runs = runs[runs.run_id.isin(run_ids)]
-        labels = _labels(runs)
-        m = res.metrics[res.metrics.run_id.isin(runs.run_id)].copy()
-        m["label"] = m.run_id.map(labels)
-        d = res.diagnostics[res.diagnostics.run_id.isin(runs.run_id)].copy()
-        d["label"] = d.run_id.map(labels)
-        spec = metrics_spec(runs)
+        curves = learning_curves(res, b, run_ids)
+        d = labelled_diagnostics(res, b, run_ids)
         # 1. learning curves: every (task, metric) on val (or test) and the train loss
-        split = "val" if (m.split == "val").any() else "test"
-        panels = [("train", t, "loss") for t in spec]
-        panels += [(split, t, mm.name) for t, ms in spec.items() for mm in ms]
-        if len(panels) > 2 * MAX_METRIC_COLUMNS:
-            panels = panels[: 2 * MAX_METRIC_COLUMNS]
-        if not m.empty and panels:
+        panels = panels_of(curves)
+        if panels:
             fig, axes = grid(plt, len(panels))
             for ax, (sp, task, metric) in zip(axes, panels):
-                sel = m[(m.split == sp) & (m.task == task) & (m.metric == metric)]
-                for label, g in sorted(sel.groupby("label"), key=lambda kv: kv[0]):
-                    c = _mean_curve(g, "epoch")
+                sel = curves[(curves.split == sp) & (curves.task == task)
+                             & (curves.metric == metric)]
+                for label, c in sorted(sel.groupby("label"), key=lambda kv: kv[0]):
                     ax.plot(c.epoch + 1, c["mean"], marker="o", ms=3, label=label)
                     ax.fill_between(c.epoch + 1, c["mean"] - c["std"].fillna(0),
                                     c["mean"] + c["std"].fillna(0), alpha=0.15)

@@ -117,7 +117,10 @@ def _reproduce(args: argparse.Namespace) -> int:
           f"= {n} runs in {len(exps)} experiment(s)"
           + (f"; {len(grid.blocked)} row(s) not expressible yet" if grid.blocked else "")
           + (" [smoke]" if args.smoke else ""), file=sys.stderr)
-    outcomes = run_grid(grid, exps)
+    from orchestrator.run.progress import overall
+
+    with overall(n, f"reproduce {table.id}"):  # one [k/n] and ETA over every experiment
+        outcomes = run_grid(grid, exps)
     launcher().describe(outcomes)  # "runs: 6 finished, ..." as mtlx run prints it
     text = write_outputs(table, args.out, row_runs, args.format, args.plots)
     print(text, end="")

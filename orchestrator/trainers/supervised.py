@@ -83,6 +83,7 @@ from orchestrator.trainers.base import (
     set_rng_state,
 )
 from orchestrator.trainers.capabilities import validate
+from orchestrator.trainers.eval_progress import EvalProgress
 from orchestrator.trainers.selection import select_reported, val_score
 
 #: StepContext.model_stats key → model method that provides it (called when the method
@@ -300,9 +301,11 @@ class _Step:
         # NaN loss in the remaining batches; average each task over its own batches only.
         sums = torch.zeros(len(self.tasks), dtype=torch.float64)
         counts = torch.zeros(len(self.tasks), dtype=torch.float64)
+        progress = EvalProgress(self.ctx, self.cfg.label, split, loader, t.max_eval_batches)
         for i, batch in enumerate(loader):
             if t.max_eval_batches is not None and i >= t.max_eval_batches:
                 break
+            progress.batch(i)
             batch = self.bench.to_device(batch, self.ctx.device)
             fwd = self.forward(batch)
             ev.update(fwd, batch)

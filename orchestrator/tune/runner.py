@@ -131,25 +131,43 @@ def _fmt_params(config: Mapping[str, Any]) -> str:
 _PRINTER_CLS: list[type] = []
 
 
-def make_printer(total: int, epochs: int, unit: str = "epochs") -> Any:
+def make_printer(total: int, epochs: int, unit: str = "epochs", metric: str = "objective",
+                 mode: str = "min") -> Any:
     """A ``ray.tune.Callback`` printing one line per finished or failed trial (Tune's own
-    table is off). Built lazily so that importing this module does not import Ray; it
-    pickles as a call of this function (Tune stores its callbacks in the experiment state)."""
+    table is off) and feeding the search's progress line
+    (:class:`orchestrator.run.progress.SearchBoard`). Built lazily so that importing this
+    module does not import Ray; it pickles as a call of this function (Tune stores its
+    callbacks in the experiment state)."""
     if not _PRINTER_CLS:
         from ray.tune import Callback
 
+        from orchestrator.run.progress import SearchBoard
+
         class TrialPrinter(Callback):
-            def __init__(self, total: int, epochs: int, unit: str) -> None:
+            def __init__(self, total: int, epochs: int, unit: str, metric: str,
+                         mode: str) -> None:
                 self.total, self.epochs, self.unit, self.done = total, epochs, unit, 0
+                self._args = (total, epochs, unit, metric, mode)
+                self.board = SearchBoard(total, metric, mode, epochs)
 
             def __reduce__(self):
-                return make_printer, (self.total, self.epochs, self.unit)
+                return make_printer, self._args
 
             def _line(self, trial: Any, text: str) -> None:
                 self.done += 1
+                self.board.clear()
                 sys.stderr.write(f"  trial {trial_name(trial)} {_fmt_params(trial.config)}: "
                                  f"{text}\n")
                 sys.stderr.flush()
+
+            def on_trial_start(self, iteration, trials, trial, **info):
+                # a restored search: trials that ended before count as done
+                ended = sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
+                self.board.done = max(self.board.done, ended)
+                self.board.started(trial_name(trial))
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                self.board.result(trial_name(trial), result.get(TIME_ATTR))
 
             def on_trial_complete(self, iteration, trials, trial, **info):
                 r = trial.last_result or {}
@@ -158,12 +176,17 @@ def make_printer(total: int, epochs: int, unit: str = "epochs") -> Any:
                 if ep is not None and ep < self.epochs:
                     text += f" (stopped by ASHA after {ep} of {self.epochs} {self.unit})"
                 self._line(trial, text)
+                self.board.ended(trial_name(trial), obj, ep)
 
             def on_trial_error(self, iteration, trials, trial, **info):
                 self._line(trial, "failed")
+                self.board.ended(trial_name(trial), None, None)
+
+            def on_experiment_end(self, trials, **info):
+                self.board.clear()
 
         _PRINTER_CLS.append(TrialPrinter)
-    return _PRINTER_CLS[0](total, epochs, unit)
+    return _PRINTER_CLS[0](total, epochs, unit, metric, mode)
 
 
 def capacity(search: Search, resources: Mapping[str, float]) -> int:
@@ -323,7 +346,8 @@ def _fit(search: Search, state: tuple[str, Any], exists: bool, callbacks: Sequen
                     name="tune", storage_path=state[0].rpartition("/")[0],
                     storage_filesystem=state[1],
                     failure_config=ray_tune.FailureConfig(max_failures=s.max_failures),
-                    callbacks=[make_printer(s.trials, search.epochs, search.unit), *callbacks],
+                    callbacks=[make_printer(s.trials, search.epochs, search.unit, search.metric,
+                                           search.mode), *callbacks],
                     verbose=1 if verbose else 0,
                 ),
             )  # fmt: skip
