@@ -35,16 +35,37 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import math
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from orchestrator.config.fields import (  # noqa: F401  (re-exported: the config's public names)
+    _COUNT,
+    _COUNT0,
+    _NONNEG,
+    _POSITIVE,
+    ConfigError,
+    Valid,
+    _f,
+    _head_updates,
+    _levels,
+    _precisions,
+)
+from orchestrator.config.options import (  # noqa: F401
+    TRACKERS,
+    WANDB_MODES,
+    MlflowOptions,
+    StorageConfig,
+    TensorBoardOptions,
+    TrackerOptions,
+    WandbOptions,
+)
 
 #: The pseudo-method that trains one model per task (single-task learning baselines).
 STL = "stl"
@@ -57,67 +78,6 @@ DEFAULT_BENCHMARK = "multi_digits"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "step", "cosine", "plateau")
 SELECTIONS = ("last", "best_val")
-
-
-class ConfigError(ValueError):
-    """A configuration problem found before any compute; the message names the fix."""
-
-
-@dataclass(frozen=True)
-class Valid:
-    """The valid values of a :class:`TrainConfig` field (``None`` is always valid: "the
-    protocol's value"), checked by :func:`orchestrator.run.plan.check_train`."""
-
-    low: float = -math.inf
-    high: float = math.inf
-    low_open: bool = False
-    integer: bool = False
-    #: the allowed values, or a function returning them (read from ``methods`` on use)
-    choices: tuple[str, ...] | Callable[[], Sequence[str]] | None = None
-
-    def problem(self, v: Any) -> str | None:
-        """What ``v`` must be, or None if it is valid."""
-        if self.choices is not None:
-            choices = self.choices() if callable(self.choices) else self.choices
-            return None if v in choices else f"one of {list(choices)}"
-        if self.integer:
-            ok = isinstance(v, int) and not isinstance(v, bool) and v >= self.low
-            return None if ok else f"an integer >= {int(self.low)}"
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        ok = ok and (v > self.low if self.low_open else v >= self.low) and v <= self.high
-        return None if ok else f"in {'(' if self.low_open else '['}{self.low}, {self.high}]"
-
-
-def _head_updates() -> Sequence[str]:
-    from methods.base import HEAD_UPDATES
-
-    return HEAD_UPDATES
-
-
-def _precisions() -> Sequence[str]:
-    from methods.precision import PRECISIONS
-
-    return PRECISIONS
-
-
-def _levels() -> Sequence[str]:
-    from methods.engine import Level
-
-    return typing.get_args(Level)
-
-
-_COUNT, _COUNT0 = Valid(low=1, integer=True), Valid(low=0, integer=True)
-_POSITIVE, _NONNEG = Valid(low=0.0, low_open=True), Valid(low=0.0)
-
-
-def _f(default: Any = None, help: str = "", factory: Any = None, valid: Valid | None = None,
-       identity: bool = True) -> Any:
-    """A config field; ``identity=False``: it changes how fast a run goes, never its numbers,
-    so it is left out of the run id (:meth:`RunConfig.identity`)."""
-    metadata = {"help": help, "valid": valid, "identity": identity}
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -199,67 +159,6 @@ def speed_only_fields() -> tuple[str, ...]:
     """The :class:`TrainConfig` fields that never change a run's numbers."""
     return tuple(f.name for f in dataclasses.fields(TrainConfig)
                  if not f.metadata.get("identity", True))
-
-
-@dataclass(frozen=True)
-class StorageConfig:
-    """How to reach the object store of an ``s3://`` (or other URI) ``--out``: YAML
-    ``storage: {...}`` or ``--storage-option KEY=VALUE``. Credentials are never config: they
-    come from the environment or ``~/.aws`` (docs/storage.md), so they stay out of results."""
-
-    endpoint_url: str | None = _f(
-        help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (MinIO, Ceph, moto); None = "
-        "AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL, else AWS itself")
-    region: str | None = _f(help="S3 region; None = AWS_REGION, else AWS_DEFAULT_REGION, "
-                            "else us-east-1")
-    anonymous: bool = _f(False, help="unsigned requests (public buckets; no credentials)")
-    force_virtual_addressing: bool = _f(
-        False, help="bucket.host addressing with an endpoint_url (servers that need it)")
-    connect_timeout: float | None = _f(help="seconds to connect; None = the AWS SDK's (1 s)",
-                                       valid=_POSITIVE)
-    request_timeout: float | None = _f(help="seconds per request; None = the AWS SDK's",
-                                       valid=_POSITIVE)
-    retry_attempts: int = _f(3, help="attempts per request before an error", valid=_COUNT)
-    forward_credentials: bool = _f(
-        True, help="pass this process's AWS_* credential variables to the run's Ray workers "
-        "(runtime_env env_vars, readable by who can read the cluster's state); false: the "
-        "nodes' own environment, ~/.aws or instance roles provide them")
-
-
-#: experiment trackers a run can also log to (orchestrator.trackers; pip install 'mtlx[<name>]')
-TRACKERS = ("mlflow", "tensorboard", "wandb")
-WANDB_MODES = ("online", "offline", "disabled")
-
-
-@dataclass
-class MlflowOptions:
-    tracking_uri: str | None = _f(help="MLflow tracking URI (http://host:5000, sqlite:///x.db "
-                                  "...); None = sqlite:///<out>/trackers/mlflow.db")
-    experiment: str | None = _f(help="MLflow experiment name; None = the benchmark name")
-
-
-@dataclass
-class TensorBoardOptions:
-    log_dir: str | None = _f(help="event files go to <log_dir>/<run_id>/; None = "
-                             "<out>/trackers/tensorboard")
-
-
-@dataclass
-class WandbOptions:
-    project: str = _f("mtlx", help="W&B project")
-    entity: str | None = _f(help="W&B entity (user or team); None = the logged-in default")
-    mode: str | None = _f(help=f"one of {list(WANDB_MODES)}; None = W&B's own (WANDB_MODE, "
-                          "else online)", valid=Valid(choices=WANDB_MODES))
-    dir: str | None = _f(help="W&B's local run files; None = <out>/trackers/wandb")
-
-
-@dataclass
-class TrackerOptions:
-    """Options of each tracker (``tracker_options.<tracker>.<key>``; docs/trackers.md)."""
-
-    mlflow: MlflowOptions = _f(factory=MlflowOptions, help="MLflow options")
-    tensorboard: TensorBoardOptions = _f(factory=TensorBoardOptions, help="TensorBoard options")
-    wandb: WandbOptions = _f(factory=WandbOptions, help="W&B options")
 
 
 @dataclass
