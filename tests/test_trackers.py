@@ -378,6 +378,10 @@ def test_a_tracker_that_is_not_installed_is_an_error_before_ray(tmp_path, monkey
     (["--tracker-option", "tracking_uri=x"], "must look like TRACKER.KEY=VALUE"),
     (["--tracker", "mlflow", "--tracker-option", "mlflow.tracking_uri=bogus://nowhere"],
      "--tracker mlflow cannot use"),
+    (["--tracker", "mlflow", "--tracker", "tensorboard", "--out", "s3://bucket/exp"],
+     "is object storage, where the trackers cannot keep their files (SQLite, event files, W&B "
+     "run files); fix: set tracker_options.mlflow.tracking_uri, "
+     "tracker_options.tensorboard.log_dir"),
 ])
 def test_bad_tracker_input_is_a_clear_error(extra, message, tmp_path, capsys):
     assert _cli(tmp_path, *extra) == 2

@@ -368,9 +368,15 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_sessio
                    *sorted((out / "metrics" / t.run_id).glob("*.parquet"))]
              for tid, t in done.iterrows()}
     stamps = {tid: [f.stat().st_mtime_ns for f in fs] for tid, fs in files.items()}
+    # damaged search tables (a killed writer, a full disk) are skipped and named, and --resume
+    # writes them again
+    for name in ("summary.parquet", "trials.parquet"):
+        data = (d / name).read_bytes()
+        (d / name).write_bytes(data[: len(data) // 2])
     # the same command without --resume refuses to mix a new search into the old one
     assert main_tune(parse_tune_args(argv)) == 2
-    assert "--resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--resume" in err and f"skipped unreadable {d}/summary.parquet" in err
     assert main_tune(parse_tune_args([*argv, "--resume"])) == 0
     after = pd.read_parquet(d / "trials.parquet").set_index("trial_id")
     assert list(after.index) == ["t0000", "t0001", "t0002"]

@@ -191,8 +191,21 @@ def check_trackers(exp: ExperimentConfig, out: str) -> dict[str, dict[str, Any]]
         options[section.name] = dataclasses.asdict(opts)
     if not exp.trackers:
         return {}
-    check_out(out)  # the trackers' default locations are under --out
+    if is_local(out):
+        check_out(out)  # the trackers' default locations are under --out
+    else:  # tracker stores are local files or their own servers, never object storage
+        unset = [f"tracker_options.{n}.{TRACKER_LOCATIONS[n]}" for n in exp.trackers
+                 if options[n].get(TRACKER_LOCATIONS[n]) is None]
+        if unset:
+            raise ConfigError(
+                f"--out {out} is object storage, where the trackers cannot keep their files "
+                f"(SQLite, event files, W&B run files); fix: set {', '.join(unset)} (e.g. "
+                "--tracker-option mlflow.tracking_uri=http://host:5000, or a local directory)")
     return resolve_trackers(exp.trackers, options, out, exp.benchmark)
+
+
+#: the option of each tracker that says where its records go (default: under --out)
+TRACKER_LOCATIONS = {"mlflow": "tracking_uri", "tensorboard": "log_dir", "wandb": "dir"}
 
 
 def expand(exp: ExperimentConfig, workdir: str | None = None) -> list[RunConfig]:

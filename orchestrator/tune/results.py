@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,20 +197,36 @@ def _read(search_dir: Path | str, name: str, storage: StorageConfig | None) -> b
         return None
 
 
-def load_summary(search_dir: Path | str, storage: StorageConfig | None = None
-                 ) -> dict[str, Any] | None:
+def _parquet(search_dir: Path | str, name: str, storage: StorageConfig | None):
+    """The search table ``name`` as a pyarrow Table; None if it is missing or does not read
+    (truncated, zero bytes, not Parquet), which is said on stderr with the fix: the next
+    ``mtlx tune --resume`` of the search writes its tables again."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    data = _read(search_dir, "summary.parquet", storage)
-    return None if data is None else pq.read_table(pa.BufferReader(data)).to_pylist()[0]
+    data = _read(search_dir, name, storage)
+    if data is None:
+        return None
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except (OSError, pa.ArrowException) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"mtlx: skipped unreadable {search_dir}/{name}: {type(e).__name__}: {first}; "
+              "fix: mtlx tune --resume with the same settings rewrites it (--fresh starts "
+              "the search over)", file=sys.stderr)
+        return None
+
+
+def load_summary(search_dir: Path | str, storage: StorageConfig | None = None
+                 ) -> dict[str, Any] | None:
+    table = _parquet(search_dir, "summary.parquet", storage)
+    rows = [] if table is None else table.to_pylist()
+    return rows[0] if rows else None
 
 
 def load_trials(search_dir: Path | str, storage: StorageConfig | None = None):
-    import pandas as pd
-
-    data = _read(search_dir, "trials.parquet", storage)
-    return None if data is None else pd.read_parquet(io.BytesIO(data))
+    table = _parquet(search_dir, "trials.parquet", storage)
+    return None if table is None else table.to_pandas()
 
 
 def outcome_from_files(search: Search) -> SearchOutcome:
