@@ -186,6 +186,21 @@ class TrainConfig:
         "loss; None = the trainer's default (supervised: 1e4; RL: off)",
         valid=Valid(low=1.0, low_open=True),
     )
+    checkpoint_every_s: float = _f(
+        600.0, help="also checkpoint mid-epoch once this many seconds passed since the last "
+        "checkpoint, so a preempted run redoes minutes, not an epoch (0 = only at epoch ends; "
+        "RL: at the next episode boundary); does not change the numbers or the run id",
+        valid=_NONNEG,
+    )
+    checkpoint_every_steps: int = _f(
+        0, help="also checkpoint every k optimiser steps (0 = off; RL: every k loop steps, "
+        "at the next episode boundary); does not change the numbers or the run id",
+        valid=_COUNT0,
+    )
+
+
+#: TrainConfig fields that say when state is saved, not what is computed: not in run ids
+CHECKPOINT_CADENCE = ("checkpoint_every_s", "checkpoint_every_steps")
 
 
 @dataclass
@@ -264,7 +279,7 @@ class RunConfig:
         """The fields that determine the numbers: hashed into the run id.
 
         Not included: where data and results live, the device, CPUs/GPUs per worker, the
-        plugins. ``workers`` enters only when > 1 (0 and 1 are the same single-process
+        plugins, the checkpoint cadence. ``workers`` enters only when > 1 (0 and 1 are the same single-process
         computation; W > 1 drops the last incomplete global batch of an epoch)."""
         ident: dict[str, Any] = {
             "benchmark": self.benchmark,
@@ -278,6 +293,8 @@ class RunConfig:
         }
         if self.train.divergence_factor is None:  # unset: existing run ids stay the same
             del ident["train"]["divergence_factor"]
+        for key in CHECKPOINT_CADENCE:  # when state is saved never changes the numbers
+            del ident["train"][key]
         if self.world_size > 1:
             ident["world_size"] = self.world_size
         for key in ("trial_id", "search_id"):
