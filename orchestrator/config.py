@@ -57,6 +57,9 @@ DEFAULT_BENCHMARK = "multi_digits"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "step", "cosine", "plateau")
 SELECTIONS = ("last", "best_val")
+#: retries of a run whose node died when ``max_failures`` is unset and the command is
+#: connected to a cluster (spot nodes get preempted; on one machine a lost run is a bug)
+CLUSTER_RETRIES = 2
 
 
 class ConfigError(ValueError):
@@ -232,7 +235,16 @@ class ExperimentConfig:
     gpus_per_worker: float = _f(0.0, help="GPUs per worker (fractions pack runs on one GPU)")
     cpus_per_worker: int = _f(1, help="CPUs per worker (also torch threads)")
     max_concurrent: int | None = _f(help="at most this many runs at once (None: by resources)")
-    max_failures: int = _f(0, help="Ray Train worker-group restarts per run (from checkpoint)")
+    max_failures: int | None = _f(
+        help="retries of a run whose node died or whose Train workers failed, each from the "
+        "run's last checkpoint (Ray task retries for workers=1, Train worker-group restarts "
+        f"for W >= 2); -1 = unlimited; None = auto: {CLUSTER_RETRIES} when connected to a "
+        "cluster (an address, or several nodes), 0 on one machine",
+    )
+    resource_timeout: float | None = _f(
+        help="refuse runs still waiting for resources after this many seconds (the cluster "
+        "or its autoscaler did not provide them); None = wait as long as it takes",
+    )
     out: str = _f("results", help="results directory (Parquet dataset, checkpoints)")
     rerun: bool = _f(False, help="rerun finished runs instead of skipping them")
     ray_address: str | None = _f(help="connect to this Ray cluster ('auto'); None = start one")
@@ -507,10 +519,18 @@ def add_common_flags(p: Any) -> None:
     p.add_argument("--cpus-per-worker", type=int, dest="cpus_per_worker")
     p.add_argument("--ray-address", dest="ray_address", help="connect to a Ray cluster")
     p.add_argument("--verbose", action="store_true", default=None, help="show Ray's output")
+    p.add_argument("--resource-timeout", type=float, dest="resource_timeout", metavar="SECONDS",
+                   help=field_help(ExperimentConfig, "resource_timeout"))
 
 
 #: the config keys of :func:`add_common_flags`
-COMMON_FLAGS = ("data_root", "out", "cpus_per_worker", "ray_address", "verbose")
+COMMON_FLAGS = ("data_root", "out", "cpus_per_worker", "ray_address", "verbose",
+                "resource_timeout")
+
+
+def field_help(cls: type, name: str) -> str:
+    """The help text of a config field (what a CLI flag setting it shows)."""
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
 
 def set_values(data: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:

@@ -51,11 +51,56 @@ def test_waiting_runs_are_shown_and_refused_after_the_timeout():
         s.update(1, 1)
 
 
-def test_retry_budget_is_above_zero_on_a_cluster():
-    assert launch.retry_budget(0, None, 1) == 0  # this machine only
-    assert launch.retry_budget(0, None, 3) == launch.CLUSTER_RETRIES > 0
-    assert launch.retry_budget(0, "auto", 1) == launch.CLUSTER_RETRIES
+def test_retry_budget_is_above_zero_on_a_cluster_unless_asked_for_zero():
+    assert launch.retry_budget(None, None, 1) == 0  # auto, this machine only
+    assert launch.retry_budget(None, None, 3) == launch.CLUSTER_RETRIES > 0
+    assert launch.retry_budget(None, "auto", 1) == launch.CLUSTER_RETRIES
+    assert launch.retry_budget(0, "auto", 3) == 0  # a cluster user may ask for none
     assert launch.retry_budget(5, None, 3) == 5 and launch.retry_budget(-1, "auto", 1) == -1
+
+
+def test_retry_and_timeout_flags_are_typed_checked_and_documented(capsys):
+    from orchestrator import cli
+    from orchestrator.run.plan import check_resources
+    from orchestrator.tune.cli import add_parser as add_tune_parser
+
+    for bad, match in (({"max_failures": -2}, "max_failures must be >= -1"),
+                       ({"resource_timeout": -1.0}, "resource_timeout must be")):
+        with pytest.raises(ConfigError, match=match):
+            check_resources(_exp(**bad))
+    args = cli._parser().parse_args(["run", "--max-failures", "0", "--resource-timeout",
+                                          "30"])
+    exp, _ = cli.build_experiment(args)
+    assert exp.max_failures == 0 and exp.resource_timeout == 30.0
+    assert _exp().max_failures is None and _exp().resource_timeout is None  # auto, wait
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"None = auto: {launch.CLUSTER_RETRIES} when connected to a cluster" in text
+    assert "--resource-timeout SECONDS" in text
+    import argparse
+
+    tune = add_tune_parser(argparse.ArgumentParser().add_subparsers())
+    assert "Tune retries of a failed trial" in tune.format_help()
+
+
+def test_tune_resource_watch_refuses_a_search_whose_trials_never_start():
+    from types import SimpleNamespace
+
+    from orchestrator.tune.runner import make_resource_watch
+
+    now = [0.0]
+    watch = make_resource_watch(5.0)
+    watch.clock = lambda: now[0]
+    pending = [SimpleNamespace(status="PENDING")] * 2
+    watch.on_step_begin(0, pending)
+    now[0] = 4.0
+    watch.on_step_begin(1, [*pending, SimpleNamespace(status="RUNNING")])  # progress: reset
+    now[0] = 9.5
+    watch.on_step_begin(2, pending)
+    with pytest.raises(ConfigError, match="2 trial\\(s\\) waited more than 5 s"):
+        now[0] = 15.0
+        watch.on_step_begin(3, pending)
 
 
 def _metrics(root: Path, run_id: str):

@@ -182,3 +182,29 @@ def test_sampler_order_is_independent_of_loader_workers_and_resume_skips_exactly
     tail = list(resume_batches(ld, 5, epoch_rng, after))
     assert all(torch.equal(a, b) for a, b in zip(whole[5:], tail, strict=True))
     assert torch.equal(torch.get_rng_state(), after["torch"])
+
+
+def test_rl_loop_checkpoints_at_the_steps_cadence_on_episode_boundaries(tmp_path):
+    """The RL trainer takes ``train.checkpoint_every_steps`` too (its own
+    ``checkpoint_every`` otherwise), at the next episode boundary (horizon 10)."""
+    from orchestrator.run.execute import train_run
+    from orchestrator.trainers.base import RunContext
+
+    saved: dict[int, list[int]] = {}
+    for every in (0, 15):
+        steps = saved.setdefault(every, [])
+
+        class Counting(RunContext):
+            def save_checkpoint(self, state, steps=steps):
+                steps.append(state["loop"]["step"])
+                super().save_checkpoint(state)
+
+        cfg = RunConfig(benchmark="mt1", method="ew", seed=0, bench_options={"horizon": 10},
+                        train=TrainConfig(steps=40, batch_size=32, lr=1e-3, eval_every=40,
+                                          checkpoint_every_steps=every),
+                        trainer_options={"hidden": 16, "layers": 2, "warmup_steps": 10,
+                                         "buffer_size": 400},
+                        out=str(tmp_path / str(every)))
+        assert train_run(cfg, Counting(run_id=cfg.run_id, out=tmp_path / str(every)))[
+            "status"] == "finished"
+    assert saved == {0: [40], 15: [20, 30, 40]}
