@@ -123,6 +123,11 @@ def test_multinode_cluster_exactness_and_node_loss(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tests.cluster_scenarios", str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=1400)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    check_scenarios(tmp_path)
+
+
+def check_scenarios(tmp_path: Path) -> None:
+    """The assertions on what ``tests/cluster_scenarios.py`` left in ``tmp_path``."""
     res = json.loads((tmp_path / "scenarios.json").read_text())
     print(json.dumps(res, indent=1))
     # W=2 on two different worker nodes (the head has no CPU) == --workers 0
@@ -137,11 +142,35 @@ def test_multinode_cluster_exactness_and_node_loss(tmp_path):
     # losses agree up to the summation order of 2 ranks, amplified over 78 PCGrad steps
     # (≤ 1e-6 for the first 4 epochs, ~3e-4 after 6 when measured)
     _same_metrics(zero, two, 1e-3, 1e-3)
-    # a node hosting a Train worker killed after the first checkpoint, a fresh one added
-    nl = res["node_loss"]
-    assert nl["status"] == ["finished"], nl["errors"]  # one run: the W=2 one
-    assert nl["checkpoint_epoch_at_kill"] is not None and nl["checkpoint_epoch_at_kill"] < 5
-    assert nl["workers_started"] >= 4  # a new worker group (or a new fit) after the kill
-    assert nl["run_id"] == ex["run_ids"]["w2"]  # the same run, in another results directory
-    # resumed from the checkpoint: exactly the uninterrupted W=2 run's numbers
-    _same_metrics(two, _metrics(tmp_path / "node_loss", nl["run_id"]), 0, 0)
+    # every helper of the command (progress sink, fit task, Train controller) on the head
+    assert ex["helpers_off_head"] == [] and "ProgressSink" in ex["helpers"], ex["helpers"]
+    w2, w0 = ex["run_ids"]["w2"], ex["run_ids"]["w0"]
+    # a node hosting a Train worker killed mid-run, a fresh one added: epoch checkpoints,
+    # then step checkpoints (every 2 steps; the same run id)
+    for key in ("node_loss", "node_loss_steps"):
+        nl = res[key]
+        assert nl["command_error"] is None and not nl["finished_before_kill"], nl
+        assert nl["status"] == ["finished"], nl["errors"]  # one run: the W=2 one
+        assert nl["run_ids"] == [w2] and nl["attempts"] == {w2: 2}
+        assert nl["workers_started"] >= 4  # a new worker group (or a new fit) after the kill
+        # resumed from the checkpoint: exactly the uninterrupted W=2 run's numbers
+        _same_metrics(two, _metrics(tmp_path / key, w2), 0, 0)
+    # a node hosting nothing killed: the command does not notice
+    idle = res["idle_node_loss"]
+    assert idle["command_error"] is None and not idle["finished_before_kill"], idle
+    assert idle["status"] == ["finished"] and idle["attempts"] == {w2: 1}, idle
+    assert idle["workers_started"] == 2
+    _same_metrics(two, _metrics(tmp_path / "idle_node_loss", w2), 0, 0)
+    # --workers 1: Ray retries the task on the fresh node, it resumes to the W=0 numbers
+    task = res["task_loss"]
+    assert task["command_error"] is None and not task["finished_before_kill"], task
+    assert task["status"] == ["finished"] and task["attempts"] == {w0: 2}, task
+    _same_metrics(zero, _metrics(tmp_path / "task_loss", w0), 0, 0)
+    # a 2-trial search: Tune retries the killed trial, which resumes to the same numbers
+    tune = res["tune_loss"]
+    assert tune["command_error"] is None and not tune["finished_before_kill"], tune
+    assert tune["trials"] == [2, 2] and sorted(tune["attempts"].values()) == [1, 2], tune
+    assert set(tune["attempts"]) == set(tune["whole_attempts"])
+    for run_id in tune["attempts"]:
+        _same_metrics(_metrics(tmp_path / "tune" / "whole", run_id),
+                      _metrics(tmp_path / "tune" / "lost", run_id), 0, 0)
