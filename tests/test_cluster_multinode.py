@@ -174,3 +174,38 @@ def check_scenarios(tmp_path: Path) -> None:
     for run_id in tune["attempts"]:
         _same_metrics(_metrics(tmp_path / "tune" / "whole", run_id),
                       _metrics(tmp_path / "tune" / "lost", run_id), 0, 0)
+
+
+def test_max_resources_of_an_autoscaling_config():
+    from orchestrator.run.ray_compat import max_resources_of_config
+    from tests.autoscaling_scenario import fake_config
+
+    assert max_resources_of_config(fake_config("x:1", worker_cpus=2, max_workers=3)) == {
+        "CPU": 6.0}
+    config = {"head_node_type": "head", "max_workers": 4, "available_node_types": {
+        "head": {"resources": {"CPU": 8, "driver_slot": 8}, "max_workers": 0},
+        "gpu": {"resources": {"CPU": 4, "GPU": 1}, "min_workers": 0, "max_workers": 4}}}
+    assert max_resources_of_config(config) == {"CPU": 24.0, "driver_slot": 8.0, "GPU": 4.0}
+    del config["available_node_types"]["gpu"]["resources"]  # filled in by `ray up` only
+    assert max_resources_of_config(config) is None
+
+
+@pytest.mark.timeout(600)
+def test_autoscaling_cluster_from_zero_workers_grows_for_a_waiting_run(tmp_path):
+    """A fake autoscaling cluster (Ray's fake_multinode provider) started and stopped by
+    tests/autoscaling_scenario.py itself, without `ray stop` (which would kill every Ray on
+    the machine)."""
+    pytest.importorskip("ray")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "tests.autoscaling_scenario", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads((tmp_path / "autoscaling.json").read_text())
+    print(json.dumps(res, indent=1))
+    assert res["maximum"] == {"CPU": 1.0}  # read from the autoscaler's config
+    assert len(res["nodes_before"]) == 1  # the head only, without CPUs
+    assert res["status"] == "finished", res["error"]
+    assert res["lines"].startswith("waiting for resources: 1 run pending (need 1 CPU each)\n")
+    assert len(res["nodes_after"]) == 2  # the autoscaler added the worker node it ran on
+    assert res["left_after_stop"] == []  # stopping its process group stopped all of it
