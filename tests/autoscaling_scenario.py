@@ -7,8 +7,9 @@ its own process). ``ray.cluster_utils.AutoscalingCluster`` cannot be used here: 
 ``start()`` and ``shutdown()`` call ``ray stop --force``, which kills every Ray on the
 machine, and it reads a ``fake_multi_node/example.yaml`` that this Ray wheel does not ship.
 So this starts the same thing itself (:func:`start_head`): ``ray start --head --block`` with
-``RAY_FAKE_CLUSTER=1`` and ``--autoscaling-config`` naming Ray's ``fake_multinode`` provider,
-in a private temp dir, on free ports, in its own process group. Its autoscaler (the monitor
+``RAY_FAKE_CLUSTER=1`` and ``--autoscaling-config`` naming the repository's
+``cluster-local.yaml`` (Ray's ``fake_multinode`` provider), in a private temp dir, on free
+ports, in its own process group, then runs the README's ``mtlx run`` command against it. Its autoscaler (the monitor
 process) starts worker raylets as its own children, so killing that process group stops
 every process of this cluster and nothing else (:func:`stop_head` checks that none is left).
 
@@ -18,6 +19,7 @@ nodes before and after, and how long the run waited.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -43,29 +45,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fake_config(gcs_address: str, worker_cpus: int = 1, max_workers: int = 1) -> dict[str, Any]:
-    """A ``fake_multinode`` autoscaling config: a head without CPUs, one worker type."""
-    return {
-        "cluster_name": "mtlx-fake",
-        "max_workers": max_workers,
-        "upscaling_speed": 1.0,
-        "idle_timeout_minutes": 1,
-        # the fake provider's nodes are known by node id, not IP; no SSH node updaters
-        "provider": {"type": "fake_multinode", "gcs_address": gcs_address,
-                     "use_node_id_as_ip": True, "disable_node_updaters": True,
-                     "disable_launch_config_check": True},
-        "auth": {"ssh_user": "ubuntu"},
-        "head_node_type": "ray.head.default",
-        "available_node_types": {
-            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
-            "cpu_worker": {"resources": {"CPU": worker_cpus}, "node_config": {},
-                           "min_workers": 0, "max_workers": max_workers},
-        },
-        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
-        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
-        "worker_setup_commands": [], "head_start_ray_commands": [],
-        "worker_start_ray_commands": [],
-    }  # fmt: skip
+REPO = Path(__file__).resolve().parents[1]
+#: the local autoscaling config the README's "Try the cluster path on your laptop" starts
+LOCAL_CONFIG = REPO / "cluster-local.yaml"
+#: the README's `mtlx run` command (smaller data; the address is this cluster's)
+COMMAND = ["run", "--benchmark", "multi_digits", "--methods", "ew", "--seeds", "0",
+           "--epochs", "1", "--workers", "1", "--no-report", "--resource-timeout", "300",
+           *[f"bench_options.{k}={v}" for k, v in SMALL.items()]]
+
+
+def fake_config(gcs_address: str) -> dict[str, Any]:
+    """``cluster-local.yaml`` with the head's GCS address (a private port here)."""
+    config = yaml.safe_load(LOCAL_CONFIG.read_text())
+    config["provider"]["gcs_address"] = gcs_address
+    return config
 
 
 def start_head(tmp: Path) -> tuple[subprocess.Popen, str]:
@@ -142,26 +135,23 @@ def _wait_for_gcs(address: str, proc: subprocess.Popen, tmp: Path, timeout: floa
 def scenario(out: Path, address: str) -> dict[str, Any]:
     import ray
 
-    from orchestrator.config import experiment_from_dict
-    from orchestrator.run.launch import run_experiment
-    from orchestrator.run.ray_compat import autoscaler_max_resources
+    from orchestrator import cli
+    from orchestrator.run.ray_compat import autoscaler_max_resources, max_resources_of_config
 
     deadline = time.monotonic() + 60
     while autoscaler_max_resources() is None and time.monotonic() < deadline:
         time.sleep(0.5)  # the autoscaler publishes its node types once it has started
     nodes_before = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-    exp = experiment_from_dict(dict(
-        benchmark="multi_digits", methods=["ew"], seeds=[0], workers=1, out=str(out / "results"),
-        bench_options=SMALL, train={"epochs": 1, "batch_size": 16}, ray_address=address,
-        resource_timeout=300))
     stream = io.StringIO()
     t0 = time.perf_counter()
-    [o] = run_experiment(exp, stream=stream)
+    with contextlib.redirect_stderr(stream):  # the progress lines
+        code = cli.main([*COMMAND, "--out", str(out / "results"), "--ray-address", address])
     wall = time.perf_counter() - t0
-    from orchestrator.results import ResultsStore
+    from orchestrator.results import read_table
 
-    row = ResultsStore(out / "results").read_run(o.run_id) or {}
-    return {"status": o.status, "error": o.error, "wall_s": wall, "lines": stream.getvalue(),
+    [row] = read_table(out / "results", "runs").to_dict("records")
+    return {"code": code, "status": row["status"], "error": row["error"], "wall_s": wall,
+            "lines": stream.getvalue(), "config_maximum": max_resources_of_config(fake_config("")),
             "maximum": autoscaler_max_resources(), "nodes_before": nodes_before,
             "nodes_after": [n["NodeID"] for n in ray.nodes() if n["Alive"]],
             "hostname": row.get("hostname"), "started_at": row.get("started_at")}

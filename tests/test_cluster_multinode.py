@@ -180,8 +180,7 @@ def test_max_resources_of_an_autoscaling_config():
     from orchestrator.run.ray_compat import max_resources_of_config
     from tests.autoscaling_scenario import fake_config
 
-    assert max_resources_of_config(fake_config("x:1", worker_cpus=2, max_workers=3)) == {
-        "CPU": 6.0}
+    assert max_resources_of_config(fake_config("x:1")) == {"CPU": 2.0}  # cluster-local.yaml
     config = {"head_node_type": "head", "max_workers": 4, "available_node_types": {
         "head": {"resources": {"CPU": 8, "driver_slot": 8}, "max_workers": 0},
         "gpu": {"resources": {"CPU": 4, "GPU": 1}, "min_workers": 0, "max_workers": 4}}}
@@ -203,9 +202,9 @@ def test_autoscaling_cluster_from_zero_workers_grows_for_a_waiting_run(tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads((tmp_path / "autoscaling.json").read_text())
     print(json.dumps(res, indent=1))
-    assert res["maximum"] == {"CPU": 1.0}  # read from the autoscaler's config
+    assert res["maximum"] == res["config_maximum"] == {"CPU": 2.0}  # the monitor's config
     assert len(res["nodes_before"]) == 1  # the head only, without CPUs
-    assert res["status"] == "finished", res["error"]
+    assert res["code"] == 0 and res["status"] == "finished", res["error"]
     assert res["lines"].startswith("waiting for resources: 1 run pending (need 1 CPU each)\n")
     assert len(res["nodes_after"]) == 2  # the autoscaler added the worker node it ran on
     assert res["left_after_stop"] == []  # stopping its process group stopped all of it
