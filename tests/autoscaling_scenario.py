@@ -161,6 +161,7 @@ def main(out: Path) -> None:
     for key, value in TEST_ENV.items():
         os.environ.setdefault(key, value)
     os.environ.pop("RAY_ADDRESS", None)
+    os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"  # a late call after a failure: no local Ray
     tmp = Path(tempfile.mkdtemp(prefix="mtlxas_", dir="/tmp"))  # short: socket paths
     proc, address = start_head(tmp)
     result: dict[str, Any] = {"address": address}

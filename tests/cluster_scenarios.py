@@ -26,11 +26,15 @@ Every kill is followed by ``add_node`` of a fresh 1-CPU node. ``lost_s`` is the 
 destroyed: the time between the newest checkpoint's write and the kill (the resumed run redoes
 exactly that). It writes ``OUT/scenarios.json`` and leaves the results directories under OUT
 for the test to compare. It stops only the cluster it started.
+
+``python -m tests.cluster_scenarios OUT --measure`` instead measures what a preemption costs
+with epoch vs step checkpoints on longer epochs (:func:`_measure`; ``OUT/measure.json``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sys
@@ -70,8 +74,13 @@ def _state(kind: str, **filters: str) -> list[Any]:
 
 def _train_workers() -> list[dict[str, Any]]:
     """Every Ray Train worker actor this cluster ever started (alive or dead)."""
-    return [{"node_id": a.node_id, "state": a.state}
+    return [{"id": a.actor_id, "node_id": a.node_id, "state": a.state}
             for a in _state("actors", class_name="RayTrainWorker")]
+
+
+def _started_since(before: set[str]) -> list[dict[str, Any]]:
+    """The Train workers started after ``before`` (ids; the State API keeps no order)."""
+    return [w for w in _train_workers() if w["id"] not in before]
 
 
 def _attempts(out: Path) -> dict[str, int]:
@@ -143,20 +152,19 @@ def _exact(out: Path, address: str, head: str) -> dict[str, Any]:
             "run_ids": {"w2": two[0].run_id, "w0": zero[0].run_id}}
 
 
-def _train_worker_node(before: int) -> Callable[[], str]:
+def _train_worker_node(before: set[str]) -> Callable[[], str]:
     def victim() -> str:
-        alive = [w["node_id"] for w in _train_workers()[before:] if w["state"] == "ALIVE"]
-        return alive[0]
+        return next(w["node_id"] for w in _started_since(before) if w["state"] == "ALIVE")
     return victim
 
 
 def _node_loss(out: Path, cluster: Any, address: str, delay: float, **train) -> dict[str, Any]:
     from orchestrator.run.launch import run_experiment
 
-    before = len(_train_workers())
+    before = {w["id"] for w in _train_workers()}
     res = _lose_node(cluster, out, lambda: run_experiment(_exp(2, out, EPOCHS, address, **train)),
                      _train_worker_node(before), delay)
-    res["workers_started"] = len(_train_workers()) - before
+    res["workers_started"] = len(_started_since(before))
     return _runs_summary(res, out)
 
 
@@ -165,15 +173,15 @@ def _idle_node_loss(out: Path, cluster: Any, address: str) -> dict[str, Any]:
 
     cluster.add_node(**NODE)
     cluster.wait_for_nodes()
-    before = len(_train_workers())
+    before = {w["id"] for w in _train_workers()}
 
     def victim() -> str:
-        busy = {w["node_id"] for w in _train_workers()[before:] if w["state"] == "ALIVE"}
+        busy = {w["node_id"] for w in _started_since(before) if w["state"] == "ALIVE"}
         return next(n.node_id for n in cluster.worker_nodes if n.node_id not in busy)
 
     res = _lose_node(cluster, out, lambda: run_experiment(_exp(2, out, EPOCHS, address)),
                      victim, replace=False)
-    res["workers_started"] = len(_train_workers()) - before
+    res["workers_started"] = len(_started_since(before))
     return _runs_summary(res, out)
 
 
@@ -214,10 +222,64 @@ def _tune_loss(out: Path, cluster: Any, address: str) -> dict[str, Any]:
             "trials": [None if lost is None else len(lost.trials), len(whole.trials)]}
 
 
-def main(out: Path) -> None:
+#: ``--measure``: epochs long enough that the work a kill destroys is worth measuring
+MEASURE = {"n_train": 8000, "n_val": 40, "n_test": 40}  # 500 steps of 16 per epoch
+
+
+def _measure(out: Path, cluster: Any, address: str) -> dict[str, Any]:
+    """The cost of a preemption with epoch vs step checkpoints (every 25 steps): an
+    uninterrupted W=2 run of 2 long epochs, then the same run killed 0.9 epochs after its
+    first epoch ended (the node of a Train worker), with each cadence."""
+    from orchestrator.results import ResultsStore, read_table
+    from orchestrator.run.launch import run_experiment
+
+    def exp(where: Path, every: int):
+        e = _exp(2, where, 2, address, checkpoint_every_steps=every)
+        e.bench_options = dict(MEASURE)
+        return e
+
+    t0 = time.perf_counter()
+    [whole] = run_experiment(exp(out / "whole", 0))
+    result: dict[str, Any] = {"whole_s": time.perf_counter() - t0, "status": [whole.status]}
+    m = read_table(out / "whole", "metrics")
+    epoch_s = float(m[m.metric == "epoch_time_s"].value.max())
+    result["epoch_s"] = epoch_s
+    for name, every in (("epoch_checkpoints", 0), ("step_checkpoints", 25)):
+        where = out / name
+        store = ResultsStore(where)
+        before = {w["id"] for w in _train_workers()}
+        done: dict[str, Any] = {}
+        thread = threading.Thread(target=lambda w=where, k=every, d=done: d.update(
+            o=run_experiment(exp(w, k))))
+        t_start = time.perf_counter()
+        thread.start()
+        while thread.is_alive() and ((store.read_run(whole.run_id) or {}).get("epochs_done")
+                                     or 0) < 1:
+            time.sleep(0.05)
+        time.sleep(0.9 * epoch_s)
+        if not thread.is_alive():
+            result[name] = {"finished_before_kill": True}
+            continue
+        victim = _train_worker_node(before)()
+        lost = time.time() - (_newest_checkpoint(where) or math.nan)
+        t_kill = time.perf_counter()
+        cluster.remove_node(next(n for n in cluster.worker_nodes if n.node_id == victim),
+                            allow_graceful=False)
+        cluster.add_node(**NODE)
+        thread.join()
+        [o] = done["o"]
+        result[name] = {"status": o.status, "attempts": _attempts(where), "lost_s": lost,
+                        "kill_after_s": t_kill - t_start,
+                        "finish_after_kill_s": time.perf_counter() - t_kill,
+                        "wall_s": time.perf_counter() - t_start}
+    return result
+
+
+def main(out: Path, measure: bool = False) -> None:
     for key, value in TEST_ENV.items():
         os.environ.setdefault(key, value)
     os.environ.pop("RAY_ADDRESS", None)
+    os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"  # a late call after a failure: no local Ray
     import ray
     from ray.cluster_utils import Cluster
 
@@ -235,6 +297,9 @@ def main(out: Path) -> None:
         ray.init(address=cluster.address, log_to_driver=False)
         head = ray.get_runtime_context().get_node_id()
         a = cluster.address
+        if measure:
+            (out / "measure.json").write_text(json.dumps(_measure(out, cluster, a), indent=1))
+            return
         result: dict[str, Any] = {"head_node": head, "exact": _exact(out / "exact", a, head)}
         from orchestrator.results import read_table
 
@@ -257,4 +322,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), measure="--measure" in sys.argv[2:])
