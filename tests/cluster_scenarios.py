@@ -95,10 +95,13 @@ def _newest_checkpoint(out: Path) -> float | None:
     return max(found) if found else None
 
 
-def _lose_node(cluster: Any, out: Path, start: Callable[[], Any], victim: Callable[[], str],
-               delay: float = 0.0, replace: bool = True) -> dict[str, Any]:
+def _lose_node(cluster: Any, out: Path, start: Callable[[], Any],
+               victim: Callable[[], str | None], delay: float = 0.0, replace: bool = True
+               ) -> dict[str, Any]:
     """Run ``start()`` in a thread; ``delay`` s after the first checkpoint under ``out``
-    kill the node ``victim()`` names (and add a fresh one); what happened."""
+    kill the node ``victim()`` names (and add a fresh one); what happened. The victim is
+    chosen while the run runs (``victim()`` returns None until it can tell), not after the
+    checkpoint: a State API query can take longer than the rest of a small run."""
     done: dict[str, Any] = {}
 
     def target() -> None:
@@ -110,10 +113,15 @@ def _lose_node(cluster: Any, out: Path, start: Callable[[], Any], victim: Callab
     t0 = time.perf_counter()
     thread = threading.Thread(target=target)
     thread.start()
-    while thread.is_alive() and _newest_checkpoint(out) is None:
+    node_id = None
+    while thread.is_alive() and (node_id is None or _newest_checkpoint(out) is None):
+        node_id = node_id or victim()
         time.sleep(0.02)
+    if node_id is None:  # over before it could be told where it ran: nothing to kill
+        thread.join()
+        return {"command_error": done.get("error"), "outcomes": done.get("o"),
+                "finished_before_kill": True}
     time.sleep(delay)
-    node_id = victim()
     node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
     before_kill = not thread.is_alive()
     newest = _newest_checkpoint(out)
@@ -152,9 +160,10 @@ def _exact(out: Path, address: str, head: str) -> dict[str, Any]:
             "run_ids": {"w2": two[0].run_id, "w0": zero[0].run_id}}
 
 
-def _train_worker_node(before: set[str]) -> Callable[[], str]:
-    def victim() -> str:
-        return next(w["node_id"] for w in _started_since(before) if w["state"] == "ALIVE")
+def _train_worker_node(before: set[str]) -> Callable[[], str | None]:
+    def victim() -> str | None:
+        return next((w["node_id"] for w in _started_since(before) if w["state"] == "ALIVE"),
+                    None)
     return victim
 
 
@@ -175,8 +184,10 @@ def _idle_node_loss(out: Path, cluster: Any, address: str) -> dict[str, Any]:
     cluster.wait_for_nodes()
     before = {w["id"] for w in _train_workers()}
 
-    def victim() -> str:
+    def victim() -> str | None:
         busy = {w["node_id"] for w in _started_since(before) if w["state"] == "ALIVE"}
+        if len(busy) < 2:  # the worker group is not up yet
+            return None
         return next(n.node_id for n in cluster.worker_nodes if n.node_id not in busy)
 
     res = _lose_node(cluster, out, lambda: run_experiment(_exp(2, out, EPOCHS, address)),
@@ -188,9 +199,9 @@ def _idle_node_loss(out: Path, cluster: Any, address: str) -> dict[str, Any]:
 def _task_loss(out: Path, cluster: Any, address: str) -> dict[str, Any]:
     from orchestrator.run.launch import run_experiment
 
-    def victim() -> str:
-        return next(t.node_id for t in _state("tasks", name="_task_entry")
-                    if t.state == "RUNNING")
+    def victim() -> str | None:
+        return next((t.node_id for t in _state("tasks", name="_task_entry")
+                     if t.state == "RUNNING"), None)
 
     res = _lose_node(cluster, out, lambda: run_experiment(_exp(1, out, EPOCHS, address)), victim)
     return _runs_summary(res, out)
@@ -199,8 +210,10 @@ def _task_loss(out: Path, cluster: Any, address: str) -> dict[str, Any]:
 def _search(out: Path, address: str):
     from orchestrator.tune import build_search, run_search
 
+    # trials of ~250 steps: long enough to find where one runs before it ends
     search = build_search(dict(
-        benchmark="multi_digits", methods=["cagrad"], out=str(out), bench_options=SMALL,
+        benchmark="multi_digits", methods=["cagrad"], out=str(out),
+        bench_options={**SMALL, "n_train": 1000},
         train={"epochs": 4, "batch_size": 16}, ray_address=address, max_failures=2,
         tune={"trials": 2, "scheduler": "none", "max_concurrent": 2}))
     return run_search(search, ray_address=address)
@@ -211,9 +224,9 @@ def _tune_loss(out: Path, cluster: Any, address: str) -> dict[str, Any]:
     whole = _search(out / "whole", address)
     t_whole = time.perf_counter() - t0
 
-    def victim() -> str:
-        return next(a.node_id for a in _state("actors", class_name="ImplicitFunc")
-                    if a.state == "ALIVE")
+    def victim() -> str | None:
+        return next((a.node_id for a in _state("actors", class_name="ImplicitFunc")
+                     if a.state == "ALIVE"), None)
 
     res = _lose_node(cluster, out / "lost", lambda: _search(out / "lost", address), victim)
     lost = res.pop("outcomes")
@@ -275,6 +288,20 @@ def _measure(out: Path, cluster: Any, address: str) -> dict[str, Any]:
     return result
 
 
+def _forget_address(address: str) -> None:
+    """Remove the address file ``Cluster`` writes (``/tmp/ray/ray_current_cluster``, "for
+    convenience in unit testing") if it names this cluster: otherwise every ``ray.init()``
+    on this machine without an address (another test session's) joins this cluster."""
+    from ray._common.utils import get_ray_address_file
+
+    path = Path(get_ray_address_file(None))
+    try:
+        if path.read_text().strip() == address:
+            path.unlink()
+    except OSError:
+        pass
+
+
 def main(out: Path, measure: bool = False) -> None:
     for key, value in TEST_ENV.items():
         os.environ.setdefault(key, value)
@@ -290,6 +317,7 @@ def main(out: Path, measure: bool = False) -> None:
         port = s.getsockname()[1]
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": True, "dashboard_port": port})
+    _forget_address(cluster.address)
     try:
         for _ in range(2):
             cluster.add_node(**NODE)
