@@ -219,14 +219,14 @@ def _search(out: Path, address: str):
     return run_search(search, ray_address=address)
 
 
-def _tune_loss(out: Path, cluster: Any, address: str) -> dict[str, Any]:
+def _tune_loss(out: Path, cluster: Any, address: str, head: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     whole = _search(out / "whole", address)
     t_whole = time.perf_counter() - t0
 
-    def victim() -> str | None:
-        return next((a.node_id for a in _state("actors", class_name="ImplicitFunc")
-                     if a.state == "ALIVE"), None)
+    def victim() -> str | None:  # a trial's actor: the only actors off the head
+        return next((a.node_id for a in _state("actors", state="ALIVE")
+                     if a.node_id != head), None)
 
     res = _lose_node(cluster, out / "lost", lambda: _search(out / "lost", address), victim)
     lost = res.pop("outcomes")
@@ -342,7 +342,7 @@ def main(out: Path, measure: bool = False) -> None:
                                                checkpoint_every_steps=2)
         result["idle_node_loss"] = _idle_node_loss(out / "idle_node_loss", cluster, a)
         result["task_loss"] = _task_loss(out / "task_loss", cluster, a)
-        result["tune_loss"] = _tune_loss(out / "tune", cluster, a)
+        result["tune_loss"] = _tune_loss(out / "tune", cluster, a, head)
         (out / "scenarios.json").write_text(json.dumps(result, indent=1))
     finally:
         ray.shutdown()
