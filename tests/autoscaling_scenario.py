@@ -64,9 +64,9 @@ def fake_config(gcs_address: str) -> dict[str, Any]:
 def start_head(tmp: Path) -> tuple[subprocess.Popen, str]:
     """``ray start --head --block`` of a fake autoscaling cluster (see the module docstring);
     (the process, the GCS address). Its autoscaler checks for demand every second."""
-    from ray._private.services import get_node_ip_address
+    from orchestrator.run.ray_compat import node_ip_address
 
-    port, ip = free_port(), get_node_ip_address()  # the address worker raylets use too
+    port, ip = free_port(), node_ip_address()  # the address worker raylets use too
     address = f"{ip}:{port}"
     config = tmp / "autoscaling.yaml"
     config.write_text(yaml.safe_dump(fake_config(address)))

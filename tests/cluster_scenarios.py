@@ -292,9 +292,9 @@ def _forget_address(address: str) -> None:
     """Remove the address file ``Cluster`` writes (``/tmp/ray/ray_current_cluster``, "for
     convenience in unit testing") if it names this cluster: otherwise every ``ray.init()``
     on this machine without an address (another test session's) joins this cluster."""
-    from ray._common.utils import get_ray_address_file
+    from orchestrator.run.ray_compat import ray_address_file
 
-    path = Path(get_ray_address_file(None))
+    path = ray_address_file()
     try:
         if path.read_text().strip() == address:
             path.unlink()

@@ -152,6 +152,22 @@ def _monitor_config() -> dict[str, Any] | None:
     return None
 
 
+def node_ip_address() -> str:
+    """This machine's IP as Ray picks it for its nodes (``ray start`` and the raylets an
+    autoscaler starts here), for tests that start a cluster themselves."""
+    from ray._private.services import get_node_ip_address
+
+    return get_node_ip_address()
+
+
+def ray_address_file() -> Path:
+    """Where ``ray start`` and ``ray.cluster_utils.Cluster`` record the latest cluster's
+    address (``/tmp/ray/ray_current_cluster``): ``ray.init()`` without an address joins it."""
+    from ray._common.utils import get_ray_address_file
+
+    return Path(get_ray_address_file(None))
+
+
 def validate_cluster_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A cluster launcher config (``ray up`` YAML, parsed) after Ray's own defaults and
     schema validation, offline; raises on unknown keys or an invalid head node type. Ray has
