@@ -46,6 +46,7 @@ from orchestrator.config import (
     add_storage_flag,
     apply_overrides,
     experiment_from_dict,
+    field_help,
     help_config,
     set_values,
     split_args,
@@ -58,6 +59,7 @@ from orchestrator.reproduce import cli as reproduce_cli
 FLAGS = {
     "benchmark": "benchmark", "methods": "methods", "seeds": "seeds", "workers": "workers",
     "gpus_per_worker": "gpus_per_worker", "max_concurrent": "max_concurrent",
+    "max_failures": "max_failures",
     "epochs": "train.epochs", "steps": "train.steps", "rerun": "rerun", "trackers": "trackers",
     **{k: k for k in COMMON_FLAGS},
 }  # fmt: skip
@@ -85,6 +87,8 @@ def add_run_parser(sub: Any) -> argparse.ArgumentParser:
     r.add_argument("--gpus-per-worker", type=float, dest="gpus_per_worker")
     r.add_argument("--max-concurrent", type=int, dest="max_concurrent",
                    help="at most this many runs at once")
+    r.add_argument("--max-failures", type=int, dest="max_failures", metavar="N",
+                   help=field_help(ExperimentConfig, "max_failures"))
     r.add_argument("--rerun", action="store_true", default=None,
                    help="rerun finished runs (default: skip them, resume unfinished ones)")
     add_common_flags(r)

@@ -78,6 +78,9 @@ DEFAULT_BENCHMARK = "multi_digits"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "step", "cosine", "plateau")
 SELECTIONS = ("last", "best_val")
+#: retries of a run whose node died when ``max_failures`` is unset and the command is
+#: connected to a cluster (spot nodes get preempted; on one machine a lost run is a bug)
+CLUSTER_RETRIES = 2
 
 
 @dataclass
@@ -153,10 +156,22 @@ class TrainConfig:
         "count); None = cpus_per_worker - 1 (at most 8) on CUDA, 0 on CPU, where the CPUs "
         "compute", valid=_COUNT0, identity=False,
     )
+    checkpoint_every_s: float = _f(
+        600.0, help="also checkpoint mid-epoch once this many seconds passed since the last "
+        "checkpoint, so a preempted run redoes minutes, not an epoch (0 = only at epoch ends; "
+        "RL: at the next episode boundary); does not change the numbers or the run id",
+        valid=_NONNEG, identity=False,
+    )
+    checkpoint_every_steps: int = _f(
+        0, help="also checkpoint every k optimiser steps (0 = off; RL: every k loop steps, "
+        "at the next episode boundary); does not change the numbers or the run id",
+        valid=_COUNT0, identity=False,
+    )
 
 
 def speed_only_fields() -> tuple[str, ...]:
-    """The :class:`TrainConfig` fields that never change a run's numbers."""
+    """The :class:`TrainConfig` fields that never change a run's numbers (loader processes,
+    checkpoint cadence): left out of run ids."""
     return tuple(f.name for f in dataclasses.fields(TrainConfig)
                  if not f.metadata.get("identity", True))
 
@@ -190,7 +205,16 @@ class ExperimentConfig:
     gpus_per_worker: float = _f(0.0, help="GPUs per worker (fractions pack runs on one GPU)")
     cpus_per_worker: int = _f(1, help="CPUs per worker (also torch threads)")
     max_concurrent: int | None = _f(help="at most this many runs at once (None: by resources)")
-    max_failures: int = _f(0, help="Ray Train worker-group restarts per run (from checkpoint)")
+    max_failures: int | None = _f(
+        help="retries of a run whose node died or whose Train workers failed, each from the "
+        "run's last checkpoint (Ray task retries for workers=1, Train worker-group restarts "
+        f"for W >= 2); -1 = unlimited; None = auto: {CLUSTER_RETRIES} when connected to a "
+        "cluster (an address, or several nodes), 0 on one machine",
+    )
+    resource_timeout: float | None = _f(
+        help="refuse runs still waiting for resources after this many seconds (the cluster "
+        "or its autoscaler did not provide them); None = wait as long as it takes",
+    )
     out: str = _f("results", help="results location: a directory, file://, s3://BUCKET/PREFIX, "
                   "gs://BUCKET/PREFIX (docs/storage.md)")
     storage: StorageConfig = _f(factory=StorageConfig,
@@ -477,6 +501,8 @@ def add_common_flags(p: Any) -> None:
     p.add_argument("--cpus-per-worker", type=int, dest="cpus_per_worker")
     p.add_argument("--ray-address", dest="ray_address", help="connect to a Ray cluster")
     p.add_argument("--verbose", action="store_true", default=None, help="show Ray's output")
+    p.add_argument("--resource-timeout", type=float, dest="resource_timeout", metavar="SECONDS",
+                   help=field_help(ExperimentConfig, "resource_timeout"))
     add_storage_flag(p)
 
 
@@ -506,7 +532,13 @@ def storage_config(options: Sequence[str] | None) -> StorageConfig:
 
 
 #: the config keys of :func:`add_common_flags`
-COMMON_FLAGS = ("data_root", "out", "cpus_per_worker", "ray_address", "verbose")
+COMMON_FLAGS = ("data_root", "out", "cpus_per_worker", "ray_address", "verbose",
+                "resource_timeout")
+
+
+def field_help(cls: type, name: str) -> str:
+    """The help text of a config field (what a CLI flag setting it shows)."""
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
 
 def set_values(data: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:

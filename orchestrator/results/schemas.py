@@ -44,6 +44,7 @@ PROGRESS_COLUMNS = (
     ("protocol", _S),  # JSON: a trainer's full environment/algorithm protocol (RL)
     ("started_at", _S), ("finished_at", _S), ("wall_time_s", _F),
     ("solver_failures", _I),  # steps whose method solve failed (warned once per run)
+    ("attempts", _I),  # starts since the run's files were last cleared (retries, resumes)
 )  # fmt: skip
 
 #: where and with what a run was computed (:func:`orchestrator.results.provenance.provenance`)

@@ -48,14 +48,17 @@ def train_run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     prev = ctx.store.read_run(cfg.run_id) if ctx.is_main else None
     resumed = prev is not None and ctx.store.has_checkpoint(cfg.run_id)
     prev_wall = float(prev.get("wall_time_s") or 0.0) if resumed else 0.0
+    # every start since the run's files were last cleared (--rerun) counts: a Ray retry
+    # after a node loss, a resume after a kill, a new worker group
+    attempts = int(prev.get("attempts") or 1) + 1 if prev is not None else 1
     ctx.identity = {"run_id": cfg.run_id, "benchmark": cfg.benchmark, "method": cfg.method,
                     "seed": cfg.seed}
     ctx.run_info = {**run_row(cfg, ctx.device), "status": "running", "error": None,
-                    "started_at": now(), **ctx.run_info}
+                    "started_at": now(), **ctx.run_info, "attempts": attempts}
     ctx.update_run()
     if ctx.is_main and cfg.trackers:  # the same tracker run again when resuming
         ctx.trackers = open_trackers(cfg, ctx.run_info, resumed)
-    summary: dict[str, Any] = {"run_id": cfg.run_id}
+    summary: dict[str, Any] = {"run_id": cfg.run_id, "attempts": attempts}
 
     def finish(status: str, error: str | None) -> None:
         wall = time.perf_counter() - start

@@ -24,8 +24,11 @@ actor and the zero-CPU task that drives a Ray Train fit (and with it Train's con
 which Ray places on the node of its caller) — is pinned to the driver's node. A run whose
 node dies is retried from its last checkpoint: Ray task retries for ``workers=1`` (system
 failures only; a Python exception is not retried), Train worker-group restarts for W ≥ 2.
-The budget is ``max_failures``; on a multi-node cluster a budget of 0 becomes
-:data:`CLUSTER_RETRIES` (``max_failures=-1`` retries without limit).
+The budget is ``max_failures``: unset, it is :data:`CLUSTER_RETRIES` when the command is
+connected to a cluster and 0 on one machine; an explicit 0 means no retry, -1 no limit. The
+runs table's ``attempts`` column counts the starts. A run that waits for resources longer
+than ``resource_timeout`` seconds is refused (those waiting are cancelled, a running one is
+interrupted and resumable).
 
 Measured on the shared 2-core development machine (other jobs kept its load at 3-4), the
 default method set × 2 seeds × 3 epochs of multi_digits (18 runs): ``workers=0`` 66 s,
@@ -47,16 +50,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from orchestrator.config import ConfigError, ExperimentConfig, RunConfig, StorageConfig
+from orchestrator.config import (
+    CLUSTER_RETRIES,
+    ConfigError,
+    ExperimentConfig,
+    RunConfig,
+    StorageConfig,
+)
 from orchestrator.results import ResultsStore
 from orchestrator.results.storage import runtime_env
 from orchestrator.run.execute import train_run
 from orchestrator.run.plan import plan
 from orchestrator.run.progress import ProgressBoard, ProgressSink
 from orchestrator.trainers.base import local_context
-
-#: retries of a run whose node died, on a multi-node cluster when ``max_failures`` is 0
-CLUSTER_RETRIES = 2
 
 
 @dataclass
@@ -189,10 +195,11 @@ def init_ray(address: str | None = None, verbose: bool = False, **kwargs: Any) -
     return True
 
 
-def retry_budget(max_failures: int, ray_address: str | None, nodes: int) -> int:
-    """Retries of a run whose node died: ``max_failures``, or :data:`CLUSTER_RETRIES` when
-    it is 0 and the command is connected to a cluster (an address, or several nodes)."""
-    if max_failures != 0:
+def retry_budget(max_failures: int | None, ray_address: str | None, nodes: int) -> int:
+    """Retries of a run whose node died: ``max_failures`` when set (0: none, -1: no limit),
+    else :data:`CLUSTER_RETRIES` when the command is connected to a cluster (an address, or
+    several nodes) and 0 on one machine."""
+    if max_failures is not None:
         return max_failures
     return CLUSTER_RETRIES if ray_address is not None or nodes > 1 else 0
 
@@ -252,10 +259,6 @@ def _capacity(exp: ExperimentConfig, resources: dict[str, float],
     return n
 
 
-#: refuse runs still waiting for the autoscaler after this many seconds (None: wait on)
-RESOURCE_TIMEOUT_S: float | None = None
-
-
 class _Scaling:
     """Runs waiting for the cluster to grow: asks the autoscaler for their resources, says
     so on the progress line when the count changes, and gives up after ``timeout_s``."""
@@ -299,7 +302,7 @@ def _run_ray(exp: ExperimentConfig, todo: list[RunConfig], board: ProgressBoard,
 
         maximum = autoscaler_max_resources()
         capacity = _capacity(exp, ray.cluster_resources(), maximum)
-        scaling = _Scaling(exp, board, maximum is not None, RESOURCE_TIMEOUT_S)
+        scaling = _Scaling(exp, board, maximum is not None, exp.resource_timeout)
         alive = sum(1 for n in ray.nodes() if n.get("Alive"))
         retries = retry_budget(exp.max_failures, exp.ray_address, alive)
         on_driver = driver_node_strategy()
@@ -353,6 +356,10 @@ def _run_ray(exp: ExperimentConfig, todo: list[RunConfig], board: ProgressBoard,
         except KeyboardInterrupt:
             for ref in pending:
                 ray.cancel(ref, force=True)
+            raise
+        except ConfigError:  # waited too long: queued ones never start, a running one stops
+            for ref in pending:
+                ray.cancel(ref)
             raise
         return outcomes
     finally:

@@ -139,8 +139,13 @@ def check_resources(exp: ExperimentConfig) -> None:
     if exp.max_concurrent is not None and exp.max_concurrent < 1:
         raise ConfigError(f"max_concurrent must be >= 1, got {exp.max_concurrent}; fix: leave "
                           "it unset (as many as the resources allow) or pass N >= 1")
-    if exp.max_failures < -1:
-        raise ConfigError(f"max_failures must be >= -1 (-1 = unlimited), got {exp.max_failures}")
+    if exp.max_failures is not None and exp.max_failures < -1:
+        raise ConfigError(f"max_failures must be >= -1 (-1 = unlimited), got {exp.max_failures}"
+                          "; fix: leave it unset (auto), 0 (no retry) or N >= 1")
+    timeout = exp.resource_timeout
+    if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
+        raise ConfigError(f"resource_timeout must be a number of seconds >= 0, got {timeout}; "
+                          "fix: --resource-timeout 600, or leave it unset to wait")
 
 
 def _check_names(exp: ExperimentConfig) -> None:

@@ -90,18 +90,82 @@ def report_callback(transform: Callable[[Mapping[str, Any]], dict[str, Any]]) ->
 
 
 def autoscaler_max_resources() -> dict[str, float] | None:
-    """The most of each resource the cluster can grow to (Σ over the autoscaler's node types
-    of ``max_workers`` × the type's resources, capped by the cluster's ``max_resources``),
-    or None when the cluster has no autoscaler. Ray 2.60 has no public API for this; the
-    autoscaler publishes its node types in the GCS and Ray Data reads them through
-    ``ray._private.state.state.get_max_resources_from_cluster_config`` — so does mtlx."""
+    """The most of each resource the cluster can grow to, or None when the cluster has no
+    autoscaler that says. Ray 2.60 has no public API for this. Two private sources:
+
+    * the node types an autoscaler published in the GCS (Σ ``max_workers`` × resources,
+      capped by ``max_resources``), read as Ray Data does through
+      ``ray._private.state.state.get_max_resources_from_cluster_config``. Only KubeRay's
+      and Anyscale's autoscalers publish them: nothing in Ray 2.60's Python code does,
+      so a ``ray up`` cluster leaves this empty (checked on a local ``fake_multinode``
+      cluster, docs/ray.md §8);
+    * else the config file the cluster's autoscaler (the ``monitor`` process of this GCS,
+      started by ``ray start --head --autoscaling-config=...``; ``ray up`` passes its
+      bootstrapped config) was started with, when the driver runs on the head node, as
+      ``ray job submit`` drivers do (:func:`max_resources_of_config`)."""
     from ray._private.state import state
 
     try:
         found = state.get_max_resources_from_cluster_config()
     except Exception:  # an older/newer GCS layout: behave as without an autoscaler
-        return None
-    return None if not found else {k: float(v) for k, v in found.items()}
+        found = None
+    if found:
+        return {k: float(v) for k, v in found.items()}
+    config = _monitor_config()
+    return None if config is None else max_resources_of_config(config)
+
+
+def max_resources_of_config(config: Mapping[str, Any]) -> dict[str, float] | None:
+    """Σ over an autoscaling config's node types of ``max_workers`` × their declared
+    resources (the head type counted once), None if no worker type declares any."""
+    types = config.get("available_node_types") or {}
+    head = config.get("head_node_type")
+    total: dict[str, float] = {}
+    workers = False
+    for name, t in types.items():
+        count = 1 if name == head else int(t.get("max_workers", config.get("max_workers", 0)))
+        workers = workers or (name != head and count > 0 and bool(t.get("resources")))
+        for key, value in (t.get("resources") or {}).items():
+            total[key] = total.get(key, 0.0) + count * float(value)
+    return total if workers else None
+
+
+def _monitor_config() -> dict[str, Any] | None:
+    """The parsed ``--autoscaling-config`` of this cluster's monitor process if it runs on
+    this node (matched by the GCS address it was given), else None."""
+    import psutil
+    import ray
+    import yaml
+
+    gcs = f"--gcs-address={ray.get_runtime_context().gcs_address}"
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if gcs not in cmd or not any(a.endswith("monitor.py") for a in cmd):
+            continue
+        for arg in cmd:
+            if arg.startswith("--autoscaling-config="):
+                path = Path(arg.split("=", 1)[1]).expanduser()
+                try:
+                    return yaml.safe_load(path.read_text())
+                except (OSError, yaml.YAMLError):
+                    return None
+    return None
+
+
+def node_ip_address() -> str:
+    """This machine's IP as Ray picks it for its nodes (``ray start`` and the raylets an
+    autoscaler starts here), for tests that start a cluster themselves."""
+    from ray._private.services import get_node_ip_address
+
+    return get_node_ip_address()
+
+
+def ray_address_file() -> Path:
+    """Where ``ray start`` and ``ray.cluster_utils.Cluster`` record the latest cluster's
+    address (``/tmp/ray/ray_current_cluster``): ``ray.init()`` without an address joins it."""
+    from ray._common.utils import get_ray_address_file
+
+    return Path(get_ray_address_file(None))
 
 
 def validate_cluster_config(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -44,9 +44,11 @@ earliest on ties; never chosen on test); ``"last"`` the mean test metrics of the
 
 Checkpoints are taken at the end of every epoch (after its results are written): model,
 optimiser, scheduler, method state (``state_dict`` incl. extra state), python/numpy/torch
-RNG states, the epoch, the step and the evaluation history. The data order of an epoch is a
-function of (seed, epoch) (``set_epoch``), so a resumed run continues exactly as an
-uninterrupted one would.
+RNG states, the epoch, the step and the evaluation history; and mid-epoch as
+``train.checkpoint_every_steps`` / ``checkpoint_every_s`` say, then with the epoch's partial
+state too (batches done, loss sums, diagnostics rows, the RNG state at the epoch's start;
+:mod:`orchestrator.trainers.cadence`). The data order of an epoch is a function of (seed,
+epoch) (``set_epoch``), so a resumed run continues exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ from orchestrator.trainers.base import (
     seed_everything,
     set_rng_state,
 )
+from orchestrator.trainers.cadence import CheckpointCadence, resume_batches
 from orchestrator.trainers.capabilities import validate
 from orchestrator.trainers.eval_progress import EvalProgress
 from orchestrator.trainers.selection import select_reported, val_score
@@ -354,6 +357,8 @@ class _Loop:
         factor = self.t.divergence_factor or DIVERGENCE_FACTOR
         self.guard = DivergenceGuard(cfg.run_id, self.tasks if stl is None else [stl], factor)
         self.solver_failures = 0  # steps whose method solve failed (info["solver_failed"])
+        self.cadence = CheckpointCadence(self.t)
+        self.partial: dict[str, Any] | None = None  # a mid-epoch checkpoint's epoch state
 
     def record_run_info(self) -> None:
         bench, spec = self.bench, self.spec
@@ -382,6 +387,8 @@ class _Loop:
         self.history = list(state["history"])
         self.guard.load_state_dict(state.get("divergence_start"))
         self.solver_failures = int(state.get("solver_failures", 0))
+        if state.get("partial") is not None:  # the RNG after its last step, as saved
+            self.partial = {**state["partial"], "rng": state["rng"]}
         if self.step_fn.scaler is not None and state.get("scaler") is not None:
             self.step_fn.scaler.load_state_dict(state["scaler"])
 
@@ -419,11 +426,17 @@ class _Loop:
         diag_every = self.t.diagnostics_every
         loss_sum = torch.zeros(len(tasks), dtype=torch.float64, device=ctx.device)
         diag_rows: list[dict[str, Any]] = []
+        first, part, epoch_rng = 0, self.partial, rng_state()
+        if part is not None and part["epoch"] == epoch:  # resuming mid-epoch
+            first, epoch_rng, diag_rows = part["batch"], part["epoch_rng"], list(part["diag_rows"])
+            loss_sum += part["loss_sum"].to(ctx.device)
+            batches = resume_batches(loader, first, epoch_rng, part["rng"])
+        else:
+            batches = iter(loader)
+        self.partial = None
         last_emit = 0.0
-        for i, batch in enumerate(loader):
-            if i >= n_steps:
-                break
-            batch = self.bench.to_device(batch, ctx.device)
+        for i in range(first, n_steps):
+            batch = self.bench.to_device(next(batches), ctx.device)
             self.step_fn.share = self.share(loader, i)
             plan = "joint" if method is None else method.plan_step(epoch, E)
             if plan == "sequential":
@@ -445,6 +458,9 @@ class _Loop:
             loss_sum += g.double().to(ctx.device)
             self.step += 1
             clock["steps"] += 1
+            if i < n_steps - 1 and self.cadence.due(self.step):
+                self.checkpoint(epoch - 1, {"epoch": epoch, "batch": i + 1, "epoch_rng": epoch_rng,
+                                            "loss_sum": loss_sum.cpu(), "diag_rows": diag_rows})
             now = time.perf_counter()
             if now - last_emit > 0.5 or i == n_steps - 1:
                 last_emit = now
@@ -503,8 +519,12 @@ class _Loop:
             if box[0] is not None:
                 sched.step(box[0])
 
-    def checkpoint(self, epoch: int) -> None:
+    def checkpoint(self, epoch: int, partial: dict[str, Any] | None = None) -> None:
+        """Save the state after ``epoch`` (the last whole one) and, mid-epoch, ``partial``:
+        the current epoch's progress (batches done, sums, rows, the RNG at its start)."""
+        self.cadence.saved()
         self.ctx.save_checkpoint({
+            "partial": partial,
             "version": CHECKPOINT_VERSION, "run_id": self.cfg.run_id, "epoch": epoch,
             "step": self.step, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),

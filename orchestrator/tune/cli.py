@@ -13,18 +13,25 @@ from orchestrator.config import (
     COMMON_FLAGS,
     ConfigError,
     add_common_flags,
+    field_help,
     set_values,
     split_args,
     storage_overrides,
 )
 from orchestrator.tune.results import SearchOutcome, run_hint
 from orchestrator.tune.runner import run_search
-from orchestrator.tune.search import DEFAULT_METHOD, SCHEDULERS, Search, build_search
+from orchestrator.tune.search import (
+    DEFAULT_METHOD,
+    SCHEDULERS,
+    Search,
+    TuneSettings,
+    build_search,
+)
 from orchestrator.tune.space import Param
 
 #: flag → tune setting (``tune.<name>``) or experiment key
 _TUNE_FLAGS = ("trials", "metric", "scheduler", "workers_per_trial", "gpus_per_trial",
-               "max_concurrent", "seed")
+               "max_concurrent", "max_failures", "seed")
 
 
 _EXP_FLAGS = {"benchmark": "benchmark", "method": "methods", "epochs": "train.epochs",
@@ -47,6 +54,8 @@ def _add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-trial", type=float, dest="gpus_per_trial")
     p.add_argument("--max-concurrent", type=int, dest="max_concurrent",
                    help="at most this many trials at once (default: what resources hold)")
+    p.add_argument("--max-failures", type=int, dest="max_failures", metavar="N",
+                   help=field_help(TuneSettings, "max_failures"))
     p.add_argument("--seed", type=int, help="seed of the runs and the sampler (default 0)")
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the protocol's)")
     p.add_argument("--steps", type=int, help="RL benchmarks: loop steps per trial (train.steps; "

@@ -263,7 +263,7 @@ def best_config(search: Search, best: Mapping[str, Any]) -> dict[str, Any]:
         data["train"] = train
     if exp.plugins:
         data["plugins"] = list(exp.plugins)
-    if run.workers > 1:  # W > 1 changes the numbers (drop_last of the global batch)
+    if run.workers > 1:  # W > 1 is in the run id (W ranks sum in another order)
         data["workers"] = run.workers
     if run.gpus_per_worker > 0:
         data["gpus_per_worker"] = run.gpus_per_worker

@@ -189,6 +189,40 @@ def make_printer(total: int, epochs: int, unit: str = "epochs", metric: str = "o
     return _PRINTER_CLS[0](total, epochs, unit, metric, mode)
 
 
+_WATCH_CLS: list[type] = []
+
+
+def make_resource_watch(timeout_s: float) -> Any:
+    """A ``ray.tune.Callback`` refusing the search (``ConfigError``, out of ``Tuner.fit``)
+    once trials have been pending with none running for more than ``timeout_s`` seconds:
+    ``--resource-timeout`` for Tune, whose trials wait for resources by themselves."""
+    if not _WATCH_CLS:
+        from ray.tune import Callback
+
+        class ResourceWatch(Callback):
+            def __init__(self, timeout_s: float, clock: Any = time.monotonic) -> None:
+                self.timeout_s, self.clock, self.since = timeout_s, clock, None
+
+            def __reduce__(self):
+                return make_resource_watch, (self.timeout_s,)
+
+            def on_step_begin(self, iteration, trials, **info):
+                states = {t.status for t in trials}
+                if "PENDING" not in states or "RUNNING" in states:
+                    self.since = None
+                    return
+                self.since = self.clock() if self.since is None else self.since
+                if self.clock() - self.since > self.timeout_s:
+                    n = sum(t.status == "PENDING" for t in trials)
+                    raise ConfigError(
+                        f"{n} trial(s) waited more than {self.timeout_s:g} s for resources "
+                        "that the cluster did not provide; fix: a bigger cluster, fewer "
+                        "resources per trial, or check the autoscaler (ray status)")
+
+        _WATCH_CLS.append(ResourceWatch)
+    return _WATCH_CLS[0](timeout_s)
+
+
 def capacity(search: Search, resources: Mapping[str, float]) -> int:
     """Trials at once: what the cluster's CPUs/GPUs and driver slots hold (``ConfigError``
     if not even one trial fits)."""
@@ -310,13 +344,16 @@ def _fit(search: Search, state: tuple[str, Any], exists: bool, callbacks: Sequen
     started = init_ray(ray_address, verbose,
                        **({} if ray_address else {"resources": {"driver_slot": s.trials}}))
     try:
-        from orchestrator.run.launch import largest_resources
+        from orchestrator.run.launch import largest_resources, retry_budget
         from orchestrator.run.ray_compat import autoscaler_max_resources
 
         # as mtlx run: judged against what the cluster can become, not what is up now
         k = capacity(search, largest_resources(ray.cluster_resources(), autoscaler_max_resources()))
-        job = {"base": search.base, "search_id": search.search_id,
-               "objective": search.objective, "train_max_failures": search.exp.max_failures}
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        job = {"base": search.base, "search_id": search.search_id, "objective": search.objective,
+               "train_max_failures": retry_budget(search.exp.max_failures, ray_address, nodes)}
+        timeout = search.exp.resource_timeout
+        callbacks = [*callbacks, *([] if timeout is None else [make_resource_watch(timeout)])]
         trainable = ray_tune.with_resources(ray_tune.with_parameters(_trial, job=job),
                                             trial_resources(search))
         if exists:
@@ -345,7 +382,8 @@ def _fit(search: Search, state: tuple[str, Any], exists: bool, callbacks: Sequen
                 run_config=ray_tune.RunConfig(
                     name="tune", storage_path=state[0].rpartition("/")[0],
                     storage_filesystem=state[1],
-                    failure_config=ray_tune.FailureConfig(max_failures=s.max_failures),
+                    failure_config=ray_tune.FailureConfig(
+                        max_failures=retry_budget(s.max_failures, ray_address, nodes)),
                     callbacks=[make_printer(s.trials, search.epochs, search.unit, search.metric,
                                            search.mode), *callbacks],
                     verbose=1 if verbose else 0,

@@ -77,7 +77,10 @@ class TuneSettings:
                                         "Ray Train workers (exact distributed methods)")
     gpus_per_trial: float = _f(0.0, help="GPUs per trial (split evenly over its workers)")
     max_concurrent: int | None = _f(help="at most this many trials at once (None: resources)")
-    max_failures: int = _f(0, help="Tune retries of a failed trial")
+    max_failures: int | None = _f(
+        help="Tune retries of a failed trial (its node died, its process crashed), each from "
+        "the trial run's last checkpoint; -1 = unlimited; None = auto as mtlx run's "
+        "max_failures (retries on a cluster, 0 on one machine)")
     include_default: bool = _f(True, help="evaluate the default configuration as trial 0")
     space: dict[str, Any] = _f(factory=dict, help="{name: SPEC}: overrides of the search space")
 
@@ -350,7 +353,8 @@ def _check_settings(s: TuneSettings) -> None:
     need(math.isfinite(s.gpus_per_trial) and s.gpus_per_trial >= 0,
          f"--gpus-per-trial must be >= 0, got {s.gpus_per_trial}")
     need(s.max_concurrent is None or s.max_concurrent >= 1, "--max-concurrent must be >= 1")
-    need(s.max_failures >= 0, "tune.max_failures must be >= 0")
+    need(s.max_failures is None or s.max_failures >= -1,
+         f"tune.max_failures must be >= -1 (-1 = unlimited), got {s.max_failures}")
 
 
 def _check_space(params: Sequence[Param], base: RunConfig, bench: Any, method: str,

@@ -67,7 +67,9 @@ per-task means (mtrl's MTL-SAC is the batch mean — identical under Adam up to 
 
 Checkpoint policy: checkpoints are written at episode boundaries (all training envs truncate
 together, every ``horizon`` loop steps), at the first boundary at or after each evaluation
-(``checkpoint_every``); they hold the learner (networks, targets, log α, the three Adam
+(``checkpoint_every``; ``train.checkpoint_every_steps`` overrides it, and
+``train.checkpoint_every_s`` adds one at the first boundary after that many seconds since the
+last); they hold the learner (networks, targets, log α, the three Adam
 states, the method states, the noise generator), the **whole filled part of the replay
 buffer** (≈ 4·(2·obs_dim + 6) bytes per transition: ≈ 350 MB for a full 10⁶ buffer on MT10),
 the loop state (step, warm-up RNG, environment wrapper states: goal RNGs, reward normaliser)

@@ -34,6 +34,7 @@ from orchestrator.trainers.base import (
     RunContext,
     seed_everything,
 )
+from orchestrator.trainers.cadence import CheckpointCadence
 from orchestrator.trainers.rl.config import sac_config
 from orchestrator.trainers.rl.evaluation import eval_goal_sets, evaluate
 from orchestrator.trainers.rl.learner import NonFiniteSACLoss, SACLearner, diag_rows, validate
@@ -177,7 +178,9 @@ def train_run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     run.record_protocol()
     scfg, T, learner, buffer = run.scfg, run.T, run.learner, run.buffer
     task_ids = np.arange(T)
-    ckpt_every = scfg.checkpoint_every or scfg.eval_every
+    # train.checkpoint_every_steps/_s as in the supervised loop, at episode boundaries
+    ckpt_every = cfg.train.checkpoint_every_steps or scfg.checkpoint_every or scfg.eval_every
+    cadence = CheckpointCadence(dataclasses.replace(cfg.train, checkpoint_every_steps=0))
     n_evals = -(-scfg.steps // scfg.eval_every) + int(scfg.eval_at_start)
     start = run.resume()
     needs_reset = np.ones(T, dtype=bool)
@@ -225,9 +228,10 @@ def train_run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
             ctx.write_diagnostics(f"step{done:010d}", run.diag_rows)
             run.diag_rows = []
             ctx.update_run(steps_done=done, epochs_done=len(run.history))
-        ckpt_due = ckpt_due or evaluated or done % ckpt_every == 0
+        ckpt_due = ckpt_due or evaluated or done % ckpt_every == 0 or cadence.due(done)
         if ckpt_due and (needs_reset.all() or done == scfg.steps):
             run.checkpoint(done)
+            cadence.saved()
             ckpt_due = False
         if evaluated:
             run.report_eval(done)
