@@ -69,7 +69,7 @@ from envs.base import Forward
 from methods import engine
 from methods.base import StepContext
 from methods.precision import LossScaler
-from orchestrator.config import STL, RunConfig, TrainConfig
+from orchestrator.config import STL, RunConfig
 from orchestrator.results import dumps
 from orchestrator.trainers.base import (
     DIVERGENCE_FACTOR,
@@ -87,6 +87,7 @@ from orchestrator.trainers.base import (
 from orchestrator.trainers.cadence import CheckpointCadence, resume_batches
 from orchestrator.trainers.capabilities import validate
 from orchestrator.trainers.eval_progress import EvalProgress
+from orchestrator.trainers.optim import make_optimizer, make_scheduler
 from orchestrator.trainers.selection import select_reported, val_score
 
 #: StepContext.model_stats key → model method that provides it (called when the method
@@ -99,34 +100,6 @@ CHECKPOINT_VERSION = 1
 # ---------------------------------------------------------------------------------------
 # building blocks
 # ---------------------------------------------------------------------------------------
-
-
-def make_optimizer(t: TrainConfig, model_params: list[Tensor], method_params: list[Tensor]):
-    """The protocol's optimiser; the method's own parameters (UW ...) get ``method_lr`` and
-    no weight decay, as nash-mtl's separate parameter group."""
-    groups: list[dict[str, Any]] = [{"params": model_params}]
-    if method_params:
-        groups.append({"params": method_params, "lr": t.method_lr or t.lr, "weight_decay": 0.0})
-    wd = t.weight_decay or 0.0
-    if t.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=t.lr, weight_decay=wd)
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=t.lr, weight_decay=wd)
-    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum or 0.0, weight_decay=wd)
-
-
-def make_scheduler(t: TrainConfig, optimizer: torch.optim.Optimizer):
-    sched = t.lr_schedule or "none"
-    if sched == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, t.step_size or 100, t.gamma or 0.5)
-    if sched == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
-    if sched == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=t.gamma or 0.5,
-            patience=10 if t.patience is None else t.patience, min_lr=t.min_lr or 0.0,
-        )  # fmt: skip
-    return None
 
 
 def _all_reduce_grads_(params: Sequence[Tensor], world: int) -> None:
