@@ -115,14 +115,20 @@ def _same_metrics(a, b, rtol: float, atol: float) -> None:
                                rtol=rtol, atol=atol)
 
 
-@pytest.mark.timeout(1500)
-def test_multinode_cluster_exactness_and_node_loss(tmp_path):
+def _run_scenario(module: str, out: Path, timeout: float) -> None:
+    """``python -m module out`` in its own process, which starts and stops its own cluster
+    (never the test session's Ray)."""
     pytest.importorskip("ray")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "tests.cluster_scenarios", str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=1400)
+    proc = subprocess.run([sys.executable, "-m", module, str(out)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.mark.timeout(1500)
+def test_multinode_cluster_exactness_and_node_loss(tmp_path):
+    _run_scenario("tests.cluster_scenarios", tmp_path, timeout=1400)
     check_scenarios(tmp_path)
 
 
@@ -194,12 +200,7 @@ def test_autoscaling_cluster_from_zero_workers_grows_for_a_waiting_run(tmp_path)
     """A fake autoscaling cluster (Ray's fake_multinode provider) started and stopped by
     tests/autoscaling_scenario.py itself, without `ray stop` (which would kill every Ray on
     the machine)."""
-    pytest.importorskip("ray")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "tests.autoscaling_scenario", str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=500)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    _run_scenario("tests.autoscaling_scenario", tmp_path, timeout=500)
     res = json.loads((tmp_path / "autoscaling.json").read_text())
     print(json.dumps(res, indent=1))
     assert res["maximum"] == res["config_maximum"] == {"CPU": 2.0}  # the monitor's config
