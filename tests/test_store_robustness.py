@@ -169,3 +169,34 @@ def test_read_table_skips_and_lists_unreadable_files(results):
     assert [p.path for p in problems] == [str(files[0])] and len(m) > 0
     assert problems[0].run_id == run_id
     assert Results.load(out).problems == problems
+
+
+def test_an_interrupt_while_checkpointing_never_leaves_a_run_without_state_pt(tmp_path,
+                                                                               monkeypatch):
+    """SIGINT/SIGTERM arrive as exceptions between any two statements; the newest checkpoint
+    must exist at every moment of a checkpoint write (the previous one is kept by a second
+    link, not moved away first)."""
+    import os
+
+    from orchestrator.results import storage
+
+    store = ResultsStore(tmp_path)
+    store.write_checkpoint("r", b"first")
+    real = os.replace
+
+    def interrupted(src, dst):
+        if str(dst).endswith("/state.pt"):
+            raise KeyboardInterrupt  # the signal lands just before the new file goes in
+        return real(src, dst)
+
+    monkeypatch.setattr(storage.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.write_checkpoint("r", b"second")
+    monkeypatch.undo()
+    assert store.read_checkpoint("r", "state.pt") == b"first"
+    assert store.read_checkpoint("r", "state.prev.pt") == b"first"
+    assert store.has_checkpoint("r")
+    assert not [p for p in (tmp_path / "checkpoints" / "r").iterdir() if p.name.endswith(".tmp")]
+    store.write_checkpoint("r", b"second")
+    assert store.read_checkpoint("r", "state.pt") == b"second"
+    assert store.read_checkpoint("r", "state.prev.pt") == b"first"

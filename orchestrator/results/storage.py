@@ -134,15 +134,20 @@ class Storage:
             return
         path = Path(self.path(rel))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp, old = (path.parent / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+                    for name in (path.name, Path(self.path(backup or rel)).name))
         try:
             tmp.write_bytes(data)
             if backup is not None and path.is_file():
-                os.replace(path, self.path(backup))
+                # the backup is a second link to the current file, so ``rel`` exists at every
+                # moment (a signal between two renames would otherwise leave none)
+                _link_or_copy(path, old)
+                os.replace(old, self.path(backup))
             os.replace(tmp, path)
         finally:
-            if tmp.exists():
-                tmp.unlink()
+            for t in (tmp, old):
+                if t.exists():
+                    t.unlink()
 
     def delete(self, rel: str) -> None:
         """Remove ``rel`` whatever it is (file, directory tree, dangling link); no error if
@@ -173,6 +178,13 @@ class Storage:
             Path(self.base).mkdir(parents=True, exist_ok=True)
         self.write_bytes(rel, b"")
         self.delete(rel)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(src, dst)
 
 
 def open_storage(location: Any, options: StorageConfig | Mapping[str, Any] | None = None
