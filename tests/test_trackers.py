@@ -435,3 +435,21 @@ def test_tune_trials_log_to_mlflow(ray_session, tmp_path):
         assert mlflow_points(client, r) == parquet_points(out, run_id)
         hp = json.loads(row.hparams)
         assert float(r.data.params["hparams.beta"]) == hp["beta"]
+
+
+def test_an_rl_run_logs_its_parquet_rows_too(tmp_path):
+    """The SAC trainer writes through the same context: success curves, per-loss diagnostics
+    and the reported numbers reach the tracker as they reach Parquet."""
+    pytest.importorskip("metaworld")
+    out = tmp_path / "rl"
+    argv = ["run", "--benchmark", "mt1", "--methods", "cagrad", "--seeds", "0", "--workers", "0",
+            "--steps", "200", "--out", str(out), "--no-report", "--tracker", "tensorboard",
+            "train.eval_every=100", "train.batch_size=16", "bench_options.horizon=20",
+            "trainer_options.hidden=16", "trainer_options.layers=1",
+            "trainer_options.warmup_steps=50", "trainer_options.buffer_size=500",
+            "trainer_options.log_every=50"]
+    assert cli.main(argv) == 0
+    [run_id] = read_table(out, "runs").run_id
+    want = parquet_points(out, run_id)
+    assert any(k.startswith("diag/") for k in want) and any("success" in k for k in want)
+    assert tb_points(out / "trackers" / "tensorboard" / run_id) == float32(want)
