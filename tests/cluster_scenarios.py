@@ -197,13 +197,40 @@ def _idle_node_loss(out: Path, cluster: Any, address: str) -> dict[str, Any]:
 
 
 def _task_loss(out: Path, cluster: Any, address: str) -> dict[str, Any]:
+    """A ``--workers 1`` run whose node dies. This run is a few seconds long, less than a
+    State API query can take on a loaded machine (the query that names the task's node once
+    answered after the run's last checkpoint, so the kill came too late), so every worker
+    node is killed right after the first checkpoint — the task's node is one of them — and
+    as many fresh ones are added."""
     from orchestrator.run.launch import run_experiment
 
-    def victim() -> str | None:
-        return next((t.node_id for t in _state("tasks", name="_task_entry")
-                     if t.state == "RUNNING"), None)
+    done: dict[str, Any] = {}
 
-    res = _lose_node(cluster, out, lambda: run_experiment(_exp(1, out, EPOCHS, address)), victim)
+    def target() -> None:
+        try:
+            done["o"] = run_experiment(_exp(1, out, EPOCHS, address))
+        except BaseException as e:  # the command itself failed: what the test must not see
+            done["error"] = f"{type(e).__name__}: {e}"
+
+    t0 = time.perf_counter()
+    thread = threading.Thread(target=target)
+    thread.start()
+    while thread.is_alive() and _newest_checkpoint(out) is None:
+        time.sleep(0.02)
+    before_kill = not thread.is_alive()
+    newest = _newest_checkpoint(out)
+    lost = time.time() - newest if newest is not None else None
+    nodes = list(cluster.worker_nodes)
+    t_kill = time.perf_counter()
+    for node in nodes:
+        cluster.remove_node(node, allow_graceful=False)
+    for _ in nodes:
+        cluster.add_node(**NODE)
+    thread.join()
+    res = {"command_error": done.get("error"), "outcomes": done.get("o"),
+           "killed_nodes": [n.node_id for n in nodes], "finished_before_kill": before_kill,
+           "lost_s": lost, "kill_after_s": t_kill - t0,
+           "finish_after_kill_s": time.perf_counter() - t_kill}
     return _runs_summary(res, out)
 
 
