@@ -81,7 +81,8 @@ class Unreadable:
         return f"skipped unreadable {self.path}: {self.reason}; fix: {fix}"
 
 
-def _reason(e: BaseException) -> str:
+def unreadable_reason(e: BaseException) -> str:
+    """Why a file did not read, in one line: the error type and its first line."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
@@ -185,7 +186,7 @@ class ResultsStore:
             return None
         except (OSError, pa.ArrowException, IndexError) as e:  # also: a directory there
             if problems is not None:
-                problems.append(Unreadable(self.storage.show(rel), _reason(e)))
+                problems.append(Unreadable(self.storage.show(rel), unreadable_reason(e)))
             return None
 
     # -- checkpoints: state.pt and the one before, state.prev.pt ----------------------------
@@ -351,5 +352,5 @@ def read_table(root: str | Path | Storage, name: str, problems: list[Unreadable]
                                      ).to_table())
         except (OSError, pa.ArrowException) as e:
             if problems is not None:
-                problems.append(Unreadable(storage.show(f), _reason(e)))
+                problems.append(Unreadable(storage.show(f), unreadable_reason(e)))
     return pa.concat_tables(tables).to_pandas() if tables else schema.empty_table().to_pandas()

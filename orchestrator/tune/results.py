@@ -20,6 +20,7 @@ from orchestrator.config import (
 )
 from orchestrator.results.provenance import now
 from orchestrator.results.storage import Storage, open_storage
+from orchestrator.results.store import unreadable_reason
 from orchestrator.run.ray_compat import trial_number
 from orchestrator.tune.objective import OBJECTIVE, TIME_ATTR
 from orchestrator.tune.search import Search
@@ -210,8 +211,7 @@ def _parquet(search_dir: Path | str, name: str, storage: StorageConfig | None):
     try:
         return pq.read_table(pa.BufferReader(data))
     except (OSError, pa.ArrowException) as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        print(f"mtlx: skipped unreadable {search_dir}/{name}: {type(e).__name__}: {first}; "
+        print(f"mtlx: skipped unreadable {search_dir}/{name}: {unreadable_reason(e)}; "
               "fix: mtlx tune --resume with the same settings rewrites it (--fresh starts "
               "the search over)", file=sys.stderr)
         return None
