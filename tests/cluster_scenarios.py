@@ -96,12 +96,12 @@ def _newest_checkpoint(out: Path) -> float | None:
 
 
 def _lose_node(cluster: Any, out: Path, start: Callable[[], Any],
-               victim: Callable[[], str | None], delay: float = 0.0, replace: bool = True
-               ) -> dict[str, Any]:
+               victim: Callable[[], str | list[str] | None], delay: float = 0.0,
+               replace: bool = True) -> dict[str, Any]:
     """Run ``start()`` in a thread; ``delay`` s after the first checkpoint under ``out``
-    kill the node ``victim()`` names (and add a fresh one); what happened. The victim is
-    chosen while the run runs (``victim()`` returns None until it can tell), not after the
-    checkpoint: a State API query can take longer than the rest of a small run."""
+    kill the node(s) ``victim()`` names (and add as many fresh ones); what happened. The
+    victim is chosen while the run runs (``victim()`` returns None until it can tell), not
+    after the checkpoint: a State API query can take longer than the rest of a small run."""
     done: dict[str, Any] = {}
 
     def target() -> None:
@@ -122,18 +122,20 @@ def _lose_node(cluster: Any, out: Path, start: Callable[[], Any],
         return {"command_error": done.get("error"), "outcomes": done.get("o"),
                 "finished_before_kill": True}
     time.sleep(delay)
-    node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
+    ids = [node_id] if isinstance(node_id, str) else list(node_id)
+    nodes = [n for n in cluster.worker_nodes if n.node_id in ids]
     before_kill = not thread.is_alive()
     newest = _newest_checkpoint(out)
     lost = time.time() - newest if newest is not None else None
     t_kill = time.perf_counter()
-    cluster.remove_node(node, allow_graceful=False)
-    if replace:
+    for node in nodes:
+        cluster.remove_node(node, allow_graceful=False)
+    for _ in nodes if replace else ():
         cluster.add_node(**NODE)
     thread.join()
     t_end = time.perf_counter()
     return {"command_error": done.get("error"), "outcomes": done.get("o"),
-            "killed_node": node_id, "finished_before_kill": before_kill, "lost_s": lost,
+            "killed_nodes": ids, "finished_before_kill": before_kill, "lost_s": lost,
             "kill_after_s": t_kill - t0, "finish_after_kill_s": t_end - t_kill}
 
 
@@ -204,33 +206,8 @@ def _task_loss(out: Path, cluster: Any, address: str) -> dict[str, Any]:
     as many fresh ones are added."""
     from orchestrator.run.launch import run_experiment
 
-    done: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            done["o"] = run_experiment(_exp(1, out, EPOCHS, address))
-        except BaseException as e:  # the command itself failed: what the test must not see
-            done["error"] = f"{type(e).__name__}: {e}"
-
-    t0 = time.perf_counter()
-    thread = threading.Thread(target=target)
-    thread.start()
-    while thread.is_alive() and _newest_checkpoint(out) is None:
-        time.sleep(0.02)
-    before_kill = not thread.is_alive()
-    newest = _newest_checkpoint(out)
-    lost = time.time() - newest if newest is not None else None
-    nodes = list(cluster.worker_nodes)
-    t_kill = time.perf_counter()
-    for node in nodes:
-        cluster.remove_node(node, allow_graceful=False)
-    for _ in nodes:
-        cluster.add_node(**NODE)
-    thread.join()
-    res = {"command_error": done.get("error"), "outcomes": done.get("o"),
-           "killed_nodes": [n.node_id for n in nodes], "finished_before_kill": before_kill,
-           "lost_s": lost, "kill_after_s": t_kill - t0,
-           "finish_after_kill_s": time.perf_counter() - t_kill}
+    res = _lose_node(cluster, out, lambda: run_experiment(_exp(1, out, EPOCHS, address)),
+                     lambda: [n.node_id for n in cluster.worker_nodes])
     return _runs_summary(res, out)
 
 
